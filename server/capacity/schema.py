@@ -1,0 +1,94 @@
+"""The capacity document: what a node tells routers and agents about itself.
+
+Versioned (``schema_version``); routers poll it every second, so building it must be cheap.
+Additive changes keep the version; removing or renaming a field bumps it.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+SCHEMA_VERSION = 1
+
+NodeState = Literal["starting", "ready", "draining", "sleeping"]
+
+
+class Identity(BaseModel):
+    node_id: str = Field(description="Stable across restarts (kept in the node's state directory).")
+    name: str
+    zone: str | None = None
+    labels: dict[str, str] = Field(default_factory=dict)
+    version: str
+    engine: str = Field(description="vllm | native | sim")
+    simulated: bool = Field(False, description="True for --engine sim: latencies are modelled, text is placeholder.")
+
+
+class ModelEntry(BaseModel):
+    id: str
+    root: str
+    max_model_len: int
+    dtype: str
+    quantization: str | None = None
+    quantization_reason: str | None = None
+    weight_bytes: int | None = None
+    random_weights: bool = Field(False, description="Demo/test model: its text is noise.")
+
+
+class Accelerator(BaseModel):
+    index: int
+    kind: Literal["gpu", "cpu"]
+    name: str
+    memory_total_bytes: int | None = None
+    memory_used_bytes: int | None = None
+    memory_free_bytes: int | None = None
+    unified_memory: bool = Field(False, description="Memory figures are system memory (e.g. GB10 reports N/A).")
+    utilization_pct: float | None = None
+    temperature_c: float | None = None
+    power_draw_w: float | None = None
+    power_limit_w: float | None = None
+
+
+class EngineLoad(BaseModel):
+    running: int
+    waiting: int
+    waiting_prompt_tokens: int
+    kv_cache_usage: float = Field(ge=0.0, le=1.0)
+    kv_free_tokens: int
+    kv_total_tokens: int
+    max_concurrent_sequences: int
+
+
+class Performance(BaseModel):
+    window_s: float
+    requests: int
+    ttft_p50_ms: float | None = None
+    ttft_p95_ms: float | None = None
+    tpot_p50_ms: float | None = None
+    prefill_tokens_per_s: float | None = None
+    decode_tokens_per_s: float | None = None
+
+
+class Prediction(BaseModel):
+    prompt_tokens: int
+    max_tokens: int
+    predicted_ttft_ms: float
+    predicted_queue_wait_ms: float
+    would_admit: bool
+    reason: str
+
+
+class Capacity(BaseModel):
+    schema_version: int = SCHEMA_VERSION
+    timestamp: float = Field(description="Unix time the document was built.")
+    identity: Identity
+    state: NodeState
+    models: list[ModelEntry]
+    accelerators: list[Accelerator]
+    cpu_only: bool
+    load: EngineLoad
+    performance: Performance
+    idle: bool = Field(description="Nothing running or waiting.")
+    admission: dict[str, float | int | None] = Field(default_factory=dict)
+    prediction: Prediction | None = None

@@ -1,0 +1,175 @@
+"""The Engine protocol: the one boundary between the HTTP layer and a model runtime.
+
+Every engine (vLLM, native, sim) implements :class:`Engine`. The API layer speaks only in
+the records defined here; it never imports torch or vLLM. Records are plain dataclasses so
+the scheduler-side code and its tests stay free of pydantic and torch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol, runtime_checkable
+
+FinishReason = Literal["stop", "length", "abort", "error"]
+
+
+@dataclass(slots=True, frozen=True)
+class ModelInfo:
+    id: str  # the name clients use in "model"
+    root: str  # where the weights came from (local path or hub id)
+    max_model_len: int
+    dtype: str  # "bfloat16", "float16", "float32"
+    quantization: str | None = None  # None, "fp8", "awq", "gptq", "int8", "int4", ...
+    weight_bytes: int | None = None
+    random_weights: bool = False  # the demo model: its text is noise
+    note: str | None = None  # free-form, e.g. why a quantization was picked
+
+
+@dataclass(slots=True)
+class SamplingOptions:
+    """Engine-neutral sampling parameters, already validated by the API layer."""
+
+    max_tokens: int
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0  # 0: disabled
+    min_p: float = 0.0
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    repetition_penalty: float = 1.0
+    seed: int | None = None
+    stop: list[str] = field(default_factory=list)
+    stop_token_ids: list[int] = field(default_factory=list)
+    include_stop_str_in_output: bool = False
+    ignore_eos: bool = False
+    logprobs: int | None = None  # None: off; k >= 0: sampled token plus k alternatives
+    logit_bias: dict[int, float] | None = None
+    # Structured output: at most one of these is set.
+    json_schema: dict[str, Any] | None = None
+    json_object: bool = False
+
+
+@dataclass(slots=True)
+class GenerateRequest:
+    request_id: str
+    prompt_token_ids: list[int]
+    sampling: SamplingOptions
+    arrival_time: float = 0.0  # time.monotonic() when the HTTP request arrived
+
+
+@dataclass(slots=True, frozen=True)
+class TokenLogprob:
+    token_id: int
+    token: str
+    logprob: float
+
+
+@dataclass(slots=True, frozen=True)
+class PositionLogprobs:
+    """Logprob of the sampled token at one position, plus the top alternatives."""
+
+    sampled: TokenLogprob
+    top: list[TokenLogprob]
+
+
+@dataclass(slots=True)
+class Delta:
+    """What one engine step produced for one request."""
+
+    token_ids: list[int]
+    text: str
+    logprobs: list[PositionLogprobs] | None = None
+    finish_reason: FinishReason | None = None
+    stop_reason: int | str | None = None  # the stop string or token that ended it
+    prompt_tokens: int = 0
+    completion_tokens: int = 0  # cumulative, including this delta
+    cached_tokens: int = 0
+
+
+@dataclass(slots=True)
+class EngineStats:
+    """Engine load, at most one engine step old. Cheap to read: no engine round trip."""
+
+    num_running: int = 0
+    num_waiting: int = 0
+    waiting_prompt_tokens: int = 0
+    kv_cache_usage: float = 0.0  # 0..1
+    kv_total_tokens: int = 0
+    max_num_seqs: int = 0
+    max_num_batched_tokens: int = 0
+    steps: int = 0
+
+    @property
+    def kv_free_tokens(self) -> int:
+        return max(0, round(self.kv_total_tokens * (1.0 - self.kv_cache_usage)))
+
+
+class EngineError(Exception):
+    """A failure inside the engine for one request (it gets a 5xx; others go on)."""
+
+
+class EngineDeadError(EngineError):
+    """The engine as a whole is gone; the node must report unhealthy and exit."""
+
+
+class InvalidRequestForEngine(ValueError):
+    """A request the engine cannot serve (unsupported feature, bad schema): a 400."""
+
+    def __init__(self, message: str, param: str | None = None, code: str = "invalid_request_error"):
+        super().__init__(message)
+        self.param = param
+        self.code = code
+
+
+@dataclass(slots=True)
+class ToolCall:
+    name: str
+    arguments: str  # JSON text
+    id: str = ""
+
+
+@runtime_checkable
+class ToolCallParser(Protocol):
+    def extract(self, text: str) -> tuple[str | None, list[ToolCall]]:
+        """Split model output into (content, tool calls)."""
+        ...
+
+
+ProgressFn = Callable[[str], None]
+
+
+@runtime_checkable
+class Engine(Protocol):
+    name: str  # "vllm", "native", "sim"
+
+    @property
+    def info(self) -> ModelInfo: ...
+
+    async def start(self, progress: ProgressFn | None = None) -> None: ...
+
+    async def stop(self) -> None: ...
+
+    def generate(self, request: GenerateRequest) -> AsyncIterator[Delta]:
+        """Stream deltas, one per engine step, ending with one whose finish_reason is set.
+
+        Raises InvalidRequestForEngine before the first delta for unsupported input,
+        EngineError for a failure of this request, EngineDeadError when the engine is gone.
+        Cancelling the iterator (client gone) must abort the request.
+        """
+        ...
+
+    async def abort(self, request_id: str) -> None: ...
+
+    def stats(self) -> EngineStats: ...
+
+    def is_healthy(self) -> bool: ...
+
+    # Text processing lives with the engine: it owns the tokenizer and chat template.
+    def tokenize(self, text: str, add_special_tokens: bool = True) -> list[int]: ...
+
+    def render_chat(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None) -> list[int]:
+        """Apply the model's chat template (never a client's) and tokenize."""
+        ...
+
+    def tool_parser(self, name: str) -> ToolCallParser: ...
