@@ -131,8 +131,8 @@ class ToolCall:
 
 @runtime_checkable
 class ToolCallParser(Protocol):
-    def extract(self, text: str) -> tuple[str | None, list[ToolCall]]:
-        """Split model output into (content, tool calls)."""
+    def extract(self, text: str, tools: list[dict[str, Any]] | None = None) -> tuple[str | None, list[ToolCall]]:
+        """Split model output into (content, tool calls); ``tools`` are the request's."""
         ...
 
 
