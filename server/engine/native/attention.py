@@ -1,0 +1,76 @@
+"""Attention over the paged KV cache, with its metadata passed explicitly.
+
+A step's tokens are flattened: ``num_decodes`` single-token sequences first, then prefill
+chunks. New K/V are written to their slots first, then decodes read the paged cache in one
+batched call and each prefill chunk attends to its context (cached prefix + itself).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from . import ops
+
+
+@dataclass(slots=True)
+class PrefillChunk:
+    q_start: int  # first row of this chunk in the flattened batch
+    q_len: int
+    ctx_len: int  # tokens attended to, including this chunk (num_computed + q_len)
+    block_table: torch.Tensor  # [blocks covering ctx_len]
+
+
+@dataclass(slots=True)
+class AttentionMetadata:
+    slot_mapping: torch.Tensor  # [T] cache slot of each new token
+    num_decodes: int = 0
+    block_tables: torch.Tensor | None = None  # [num_decodes, max_blocks]
+    context_lens: torch.Tensor | None = None  # [num_decodes]
+    prefills: list[PrefillChunk] = field(default_factory=list)
+
+
+def write_kv(k_cache: torch.Tensor, v_cache: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+             slot_mapping: torch.Tensor) -> None:
+    nb, bs, hk, d = k_cache.shape
+    k_cache.view(nb * bs, hk, d).index_copy_(0, slot_mapping, k)
+    v_cache.view(nb * bs, hk, d).index_copy_(0, slot_mapping, v)
+
+
+def _prefill(q, k, v, k_cache, v_cache, p: PrefillChunk, scale: float) -> torch.Tensor:
+    hq, hk = q.shape[1], k.shape[1]
+    qs = q[p.q_start:p.q_start + p.q_len].transpose(0, 1)[None]
+    if p.ctx_len == p.q_len:  # nothing cached before this chunk: attend to itself
+        ks = k[p.q_start:p.q_start + p.q_len]
+        vs = v[p.q_start:p.q_start + p.q_len]
+        mask, causal = None, True
+    else:
+        d = k.shape[2]
+        ks = k_cache[p.block_table].view(-1, hk, d)[:p.ctx_len]
+        vs = v_cache[p.block_table].view(-1, hk, d)[:p.ctx_len]
+        mask = torch.ones(p.q_len, p.ctx_len, dtype=torch.bool, device=q.device)
+        mask = mask.tril(diagonal=p.ctx_len - p.q_len)
+        causal = False
+    out = F.scaled_dot_product_attention(qs, ks.transpose(0, 1)[None], vs.transpose(0, 1)[None],
+                                         attn_mask=mask, is_causal=causal, scale=scale,
+                                         enable_gqa=hq != hk)
+    return out[0].transpose(0, 1)
+
+
+def paged_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor,
+                    v_cache: torch.Tensor, meta: AttentionMetadata, scale: float) -> torch.Tensor:
+    """q ``[T, Hq, D]``, k/v ``[T, Hk, D]`` (already rotated) -> ``[T, Hq, D]``."""
+    write_kv(k_cache, v_cache, k, v, meta.slot_mapping)
+    nd = meta.num_decodes
+    if nd and not meta.prefills:
+        return ops.paged_attention_decode(q, k_cache, v_cache, meta.block_tables,
+                                          meta.context_lens, scale)
+    out = torch.empty_like(q)
+    if nd:
+        out[:nd] = ops.paged_attention_decode(q[:nd], k_cache, v_cache, meta.block_tables,
+                                              meta.context_lens, scale)
+    for p in meta.prefills:
+        out[p.q_start:p.q_start + p.q_len] = _prefill(q, k, v, k_cache, v_cache, p, scale)
+    return out

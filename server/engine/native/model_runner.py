@@ -1,0 +1,85 @@
+"""The one place where Python lists become tensors: batch -> model inputs -> sampled tokens.
+
+KV cache: per layer a (K, V) pair of ``[num_blocks, block_size, num_kv_heads, head_dim]``
+tensors (see ``kernels/reference.py`` for the layout).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .attention import AttentionMetadata, PrefillChunk
+from .loader import LoadedModel
+from .sampler import SampleResult, SamplingRow, sample
+from .scheduler import ScheduledBatch
+from .sequence import Sequence
+
+
+def kv_bytes_per_block(loaded: LoadedModel, block_size: int) -> int:
+    c = loaded.config
+    elem = torch.empty((), dtype=loaded.dtype).element_size()
+    return 2 * c.num_layers * block_size * c.num_kv_heads * c.head_dim * elem
+
+
+class ModelRunner:
+    def __init__(self, loaded: LoadedModel, num_blocks: int, block_size: int,
+                 device: torch.device | str = "cpu"):
+        self.model = loaded.model
+        self.device = torch.device(device)
+        self.block_size = block_size
+        c = loaded.config
+        shape = (num_blocks, block_size, c.num_kv_heads, c.head_dim)
+        self.kv_caches = [(torch.zeros(shape, dtype=loaded.dtype, device=self.device),
+                           torch.zeros(shape, dtype=loaded.dtype, device=self.device))
+                          for _ in range(c.num_layers)]
+
+    def _tensor(self, data, dtype=torch.long) -> torch.Tensor:
+        return torch.tensor(data, dtype=dtype, device=self.device)
+
+    def prepare(self, batch: ScheduledBatch):
+        """Flatten the batch into (input_ids, positions, metadata, logits rows, sampled seqs)."""
+        bs = self.block_size
+        ids: list[int] = []
+        positions: list[int] = []
+        slots: list[int] = []
+        logits_rows: list[int] = []
+        sampled: list[Sequence] = []
+        decode_tables, decode_lens, prefills = [], [], []
+        for seq, n in zip(batch.seqs, batch.num_new_tokens):
+            start, end = seq.num_computed_tokens, seq.num_computed_tokens + n
+            q_start = len(ids)
+            ids.extend(seq.token_ids[start:end])
+            positions.extend(range(start, end))
+            table = seq.block_table
+            slots.extend(table[p // bs] * bs + p % bs for p in range(start, end))
+            if n == 1:
+                decode_tables.append(table[:-(-end // bs)])
+                decode_lens.append(end)
+            else:
+                prefills.append(PrefillChunk(q_start, n, end, self._tensor(table[:-(-end // bs)])))
+            if end == seq.num_tokens:  # the chunk reaches the end: sample the next token
+                logits_rows.append(len(ids) - 1)
+                sampled.append(seq)
+        meta = AttentionMetadata(self._tensor(slots), num_decodes=len(decode_lens), prefills=prefills)
+        if decode_lens:
+            width = max(len(t) for t in decode_tables)
+            meta.block_tables = self._tensor([t + [0] * (width - len(t)) for t in decode_tables])
+            meta.context_lens = self._tensor(decode_lens)
+        return self._tensor(ids), self._tensor(positions), meta, self._tensor(logits_rows), sampled
+
+    @torch.inference_mode()
+    def forward_logits(self, batch: ScheduledBatch) -> tuple[torch.Tensor, list[Sequence]]:
+        ids, positions, meta, rows, sampled = self.prepare(batch)
+        if not sampled:
+            rows = rows[:0]
+        logits = self.model(ids, positions, self.kv_caches, meta, rows)
+        return logits, sampled
+
+    @torch.inference_mode()
+    def run(self, batch: ScheduledBatch, rows_of: dict[int, SamplingRow]) -> dict[int, SampleResult]:
+        """Run one step; returns the sampled token for each seq (keyed by id(seq)) that got one."""
+        logits, sampled = self.forward_logits(batch)
+        if not sampled:
+            return {}
+        results = sample(logits, [rows_of[id(s)] for s in sampled])
+        return {id(s): r for s, r in zip(sampled, results)}

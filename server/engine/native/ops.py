@@ -1,0 +1,55 @@
+"""Kernel dispatch: Triton kernels on CUDA, PyTorch references (or torch's own ops) on CPU.
+
+The engine calls only these functions, so swapping a kernel touches one line here.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+
+from kernels import reference as ref
+
+
+@functools.cache
+def _triton_ok() -> bool:
+    if not torch.cuda.is_available():
+        return False
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def use_triton(t: torch.Tensor) -> bool:
+    return t.is_cuda and _triton_ok()
+
+
+def rms_norm(x, weight, eps, residual=None):
+    if use_triton(x):
+        from kernels.rmsnorm import rms_norm as k
+        return k(x, weight, eps, residual)
+    return ref.rms_norm(x, weight, eps, residual)
+
+
+def rotary(q, k, positions, cos_sin):
+    if use_triton(q):
+        from kernels.rotary import rotary as kr
+        return kr(q, k, positions, cos_sin)
+    return ref.rotary(q, k, positions, cos_sin)
+
+
+def silu_and_mul(x):
+    if use_triton(x):
+        from kernels.silu_mul import silu_and_mul as k
+        return k(x)
+    return ref.silu_and_mul(x)
+
+
+def paged_attention_decode(q, k_cache, v_cache, block_tables, context_lens, scale):
+    if use_triton(q):
+        from kernels.paged_attention import paged_attention_decode as k
+        return k(q, k_cache, v_cache, block_tables, context_lens, scale)
+    return ref.paged_attention_decode(q, k_cache, v_cache, block_tables, context_lens, scale)

@@ -1,0 +1,100 @@
+"""Build a ready LLMEngine from NodeSettings: device, dtype, tokenizer, weights, KV budget."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..base import ModelInfo, ProgressFn
+from .llm_engine import EngineConfig, LLMEngine
+from .loader import load_model
+from .model_runner import ModelRunner, kv_bytes_per_block
+
+DEFAULT_KV_GB = 2.0
+
+
+@dataclass(slots=True)
+class BuiltEngine:
+    core: LLMEngine
+    tokenizer: Any
+    info: ModelInfo
+
+
+def _json(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def eos_ids(model_dir: Path, tokenizer: Any) -> set[int]:
+    ids: set[int] = set()
+    for src in (_json(model_dir / "generation_config.json"), _json(model_dir / "config.json")):
+        v = src.get("eos_token_id")
+        ids |= set(v) if isinstance(v, list) else ({v} if isinstance(v, int) else set())
+    if tokenizer.eos_token_id is not None:
+        ids.add(tokenizer.eos_token_id)
+    return ids
+
+
+def engine_config(settings: Any, loaded, device: torch.device) -> EngineConfig:
+    opts = dict(settings.engine_options or {})
+    block_size = int(opts.get("block_size", 16))
+    max_len = int(settings.max_model_len or loaded.config.max_position_embeddings)
+    chunked = bool(opts.get("enable_chunked_prefill", True))
+    batched = int(opts.get("max_num_batched_tokens", 2048))
+    if not chunked:  # a whole prompt must fit in one step
+        batched = max(batched, max_len)
+    per_block = kv_bytes_per_block(loaded, block_size)
+    max_seqs = int(settings.max_num_seqs)
+    if settings.kv_cache_gb:
+        num_blocks = int(settings.kv_cache_gb * (1 << 30)) // per_block
+    else:  # enough for every slot at full length, capped by the default budget
+        want = max_seqs * -(-max_len // block_size)
+        num_blocks = min(want, int(DEFAULT_KV_GB * (1 << 30)) // per_block)
+    if num_blocks * block_size < max_len:
+        raise ValueError(f"KV cache of {num_blocks} blocks x {block_size} tokens cannot hold one "
+                         f"sequence of max_model_len {max_len}; raise kv_cache_gb or lower max_model_len")
+    return EngineConfig(num_blocks=num_blocks, block_size=block_size, max_num_seqs=max_seqs,
+                        max_num_batched_tokens=batched, max_model_len=max_len,
+                        enable_prefix_caching=bool(opts.get("enable_prefix_caching", True)),
+                        enable_chunked_prefill=chunked)
+
+
+def pick_device(opts: dict[str, Any]) -> torch.device:
+    name = opts.get("device") or ("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def build_engine(settings: Any, model_dir: Path, model_id: str,
+                 progress: ProgressFn | None = None) -> BuiltEngine:
+    from transformers import AutoTokenizer
+
+    from ...demo_model import is_random_weights
+
+    opts = dict(settings.engine_options or {})
+    device = pick_device(opts)
+    if "num_threads" in opts:
+        torch.set_num_threads(int(opts["num_threads"]))
+    if progress:
+        progress("loading tokenizer")
+    tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+    loaded = load_model(model_dir, settings.dtype, settings.quantization, device,
+                        settings.max_model_len, opts, progress)
+    cfg = engine_config(settings, loaded, device)
+    if progress:
+        progress(f"allocating KV cache: {cfg.num_blocks} blocks of {cfg.block_size} tokens")
+    runner = ModelRunner(loaded, cfg.num_blocks, cfg.block_size, device)
+    core = LLMEngine(runner, tokenizer, cfg, eos_ids(model_dir, tokenizer))
+    dtype = str(loaded.dtype).removeprefix("torch.")
+    note = f"native engine on {device.type}"
+    if loaded.quantization in ("int8", "int4"):
+        note += f"; weight-only {loaded.quantization} quantized on load"
+    info = ModelInfo(id=model_id, root=str(model_dir), max_model_len=cfg.max_model_len, dtype=dtype,
+                     quantization=loaded.quantization, weight_bytes=loaded.weight_bytes,
+                     random_weights=is_random_weights(model_dir), note=note)
+    return BuiltEngine(core, tokenizer, info)
