@@ -1,0 +1,209 @@
+"""The router's state and its one decision: which nodes, in which order, for a request.
+
+:class:`Router` owns the registry, the policy, the shared upstream connection pool, the
+poller, mDNS discovery, the gateway limiter and the audit log. :meth:`Router.open_upstream`
+walks the ranked nodes until one answers with headers (failover happens only here,
+before the first byte).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from dataclasses import dataclass
+
+import httpx
+
+from server.api.errors import ApiError, ModelNotFound, NotFound
+from server.router.audit import AuditLog
+from server.router.config import RouterSettings
+from server.router.limits import RateLimiter
+from server.router.metrics import RouterMetrics
+from server.router.policy import Estimate, estimate, make_policy
+from server.router.poller import Poller
+from server.router.registry import Node, NodeSpec, Registry
+
+log = logging.getLogger("edgefleet.router")
+
+RETRY_STATUSES = frozenset({429, 503})
+
+
+class NoHealthyNode(ApiError):
+    status_code = 503
+    type = "server_error"
+    code = "no_healthy_node"
+
+
+class UpstreamError(ApiError):
+    status_code = 502
+    type = "server_error"
+    code = "upstream_error"
+
+
+@dataclass(slots=True)
+class Attempt:
+    node: str
+    outcome: str  # "ok", "connect_error", "timeout", "http_503", ...
+
+
+class Router:
+    def __init__(self, settings: RouterSettings):
+        self.settings = settings
+        self.registry = Registry(settings.failure_threshold, settings.success_threshold, settings.open_s)
+        for spec in settings.nodes:
+            self.registry.add(spec)
+        self.policy = make_policy(settings.policy, settings.seed)
+        self.limiter = RateLimiter(settings.limits)
+        self.audit = AuditLog(settings.audit_log, settings.log_prompts)
+        self.metrics = RouterMetrics()
+        self.client: httpx.AsyncClient | None = None
+        self.poller: Poller | None = None
+        self.browser = None  # server.router.discovery.NodeBrowser when --discover
+
+    # --- lifecycle -------------------------------------------------------------------
+
+    async def start(self) -> None:
+        s = self.settings
+        # One pool for every upstream call; keep-alive makes the proxy hop cheap.
+        self.client = httpx.AsyncClient(
+            limits=httpx.Limits(max_connections=4096, max_keepalive_connections=512, keepalive_expiry=60),
+            timeout=httpx.Timeout(s.first_byte_timeout, connect=s.connect_timeout),
+            headers={"accept-encoding": "identity"},
+            trust_env=False,  # never route node traffic through an environment proxy
+        )
+        self.poller = Poller(self.registry, self.client, s.poll_interval)
+        await self.poller.poll_once()  # know the fleet before the first request
+        self.poller.start()
+        if s.discover:
+            from server.router.discovery import NodeBrowser
+
+            self.browser = NodeBrowser(self._discovered, self._vanished, interfaces=s.discover_interfaces)
+            await self.browser.start()
+
+    async def stop(self) -> None:
+        if self.browser is not None:
+            await self.browser.stop()
+        if self.poller is not None:
+            await self.poller.stop()
+        if self.client is not None:
+            await self.client.aclose()
+        self.audit.close()
+
+    def _discovered(self, spec: NodeSpec) -> None:
+        node = self.registry.add(spec)
+        log.info("discovered node %s at %s", node.name, node.url)
+
+    def _vanished(self, url: str) -> None:
+        node = self.registry.find(url)
+        if node is not None and node.source == "mdns":
+            self.registry.remove(url)
+            log.info("node %s left", node.name)
+
+    # --- choosing --------------------------------------------------------------------
+
+    def candidates(self, model: str, prompt_tokens: int, max_tokens: int,
+                   zone: str | None = None, pin: str | None = None) -> list[Estimate]:
+        now = time.monotonic()
+        if pin:
+            node = self.registry.find(pin)
+            if node is None:
+                raise NotFound(f"Node '{pin[:64]}' is not in this fleet.", param="X-Edgefleet-Node",
+                               code="node_not_found")
+            if not node.serves(model):
+                raise ModelNotFound(f"Node '{node.name}' does not serve model '{model[:128]}'.", param="model")
+            if not node.is_ready(now):
+                raise self.no_healthy(f"Node '{node.name}' is not ready.")
+            return [estimate(node, prompt_tokens)]
+        serving = [n for n in self.registry.nodes() if n.serves(model)]
+        if not serving:
+            raise ModelNotFound(f"The model '{model[:128]}' does not exist on any node of this fleet.",
+                                param="model")
+        ready = [n for n in serving if n.is_ready(now)]
+        if not ready:
+            raise self.no_healthy(f"No healthy node serves model '{model[:128]}'.")
+        if zone:
+            near = [n for n in ready if n.zone == zone]
+            far = [n for n in ready if n.zone != zone]
+            if near:
+                return (self.policy.rank(near, prompt_tokens, max_tokens)
+                        + (self.policy.rank(far, prompt_tokens, max_tokens) if far else []))
+        return self.policy.rank(ready, prompt_tokens, max_tokens)
+
+    def no_healthy(self, message: str = "No healthy node is available.") -> NoHealthyNode:
+        retry = max(1, round(self.settings.open_s))
+        return NoHealthyNode(message, headers={"Retry-After": str(retry)})
+
+    # --- dispatching -----------------------------------------------------------------
+
+    async def open_upstream(self, path: str, body: bytes, ranked: list[Estimate], request_id: str,
+                            attempts: list[Attempt]) -> tuple[Node, httpx.Response]:
+        """Send to the best node that answers; fail over on connect errors, first-byte
+        timeouts and 503/429. The caller must close the response and call ``node.on_done()``."""
+        assert self.client is not None
+        s = self.settings
+        deadline = time.monotonic() + s.total_deadline
+        retry_after: str | None = None
+        busy = False
+        for est in ranked[: max(1, s.max_attempts)]:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            node = est.node
+            headers = {"content-type": "application/json", "x-request-id": request_id, **node.auth_headers}
+            timeout = httpx.Timeout(min(s.first_byte_timeout, remaining), connect=min(s.connect_timeout, remaining))
+            request = self.client.build_request("POST", node.url + path, content=body, headers=headers, timeout=timeout)
+            node.on_dispatch()
+            try:
+                resp = await self.client.send(request, stream=True)
+            except httpx.TimeoutException:
+                self._failed(node, attempts, "timeout", trip=False)
+                continue
+            except httpx.TransportError:
+                self._failed(node, attempts, "connect_error", trip=True)
+                continue
+            except BaseException:
+                node.on_done()  # cancelled (client gone): release before propagating
+                raise
+            if resp.status_code in RETRY_STATUSES:
+                await resp.aclose()
+                node.on_done()
+                busy = True
+                retry_after = resp.headers.get("retry-after", retry_after)
+                attempts.append(Attempt(node.name, f"http_{resp.status_code}"))
+                self.metrics.failovers.inc()
+                continue
+            # Once headers are in, reads may wait on a long decode: switch to the stream timeout.
+            request.extensions["timeout"]["read"] = s.read_timeout
+            attempts.append(Attempt(node.name, "ok"))
+            return node, resp
+        if busy:
+            from server.api.errors import Overloaded
+
+            raise Overloaded("Every node that serves this model is busy; retry later.",
+                             headers={"Retry-After": _retry_after(retry_after)})
+        raise self.no_healthy("No node could be reached for this request.")
+
+    def _failed(self, node: Node, attempts: list[Attempt], outcome: str, trip: bool) -> None:
+        now = time.monotonic()
+        node.on_done()
+        node.failures += 1
+        node.last_error = outcome
+        if trip:
+            node.breaker.trip(now)
+        else:
+            node.breaker.record_failure(now)
+        attempts.append(Attempt(node.name, outcome))
+        self.metrics.failovers.inc()
+        log.warning("node %s failed before the first byte (%s); trying the next", node.name, outcome)
+
+
+def new_request_id() -> str:
+    return "rt-" + uuid.uuid4().hex[:24]
+
+
+def _retry_after(value: str | None) -> str:
+    try:
+        return str(max(1, int(float(value)))) if value else "1"
+    except ValueError:
+        return "1"

@@ -1,0 +1,112 @@
+"""The router as an MCP server: tools for agents to see the fleet and run calls through it.
+
+One set of tools over a :class:`FleetBackend`: in the router process (``/mcp``, streamable
+HTTP, behind the same auth and Origin checks as the API) it reads the router's state;
+for ``edgefleet mcp --router URL`` (stdio) it calls the router's HTTP API.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+import httpx
+from mcp.server.mcpserver import MCPServer
+
+from server import __version__
+
+INSTRUCTIONS = (
+    "edgefleet routes OpenAI-compatible requests across a fleet of inference nodes. "
+    "Use list_models and list_nodes to see what the fleet serves, pick_node to learn which node "
+    "would answer first for a request size, and complete to run a chat completion through the fleet."
+)
+
+
+class FleetBackend(Protocol):
+    async def models(self) -> list[dict[str, Any]]: ...
+    async def nodes(self) -> list[dict[str, Any]]: ...
+    async def pick(self, model: str, prompt_tokens: int, max_tokens: int) -> dict[str, Any]: ...
+    async def chat(self, body: dict[str, Any]) -> tuple[int, dict[str, Any], str | None]: ...
+
+
+def summarize_node(v: dict[str, Any]) -> dict[str, Any]:
+    cap = v.get("capacity") or {}
+    load = cap.get("load") or {}
+    return {
+        "name": v["name"], "url": v["url"], "zone": v.get("zone"), "health": v["health"], "ready": v["ready"],
+        "rtt_ms": v.get("rtt_ms"), "simulated": v.get("simulated", False),
+        "models": [m["id"] for m in cap.get("models", [])], "state": cap.get("state"),
+        "running": load.get("running"), "waiting": load.get("waiting"),
+        "predicted_ttft_ms": v.get("score_ms"),
+    }
+
+
+def build_mcp(backend: FleetBackend) -> MCPServer:
+    mcp = MCPServer("edgefleet-router", instructions=INSTRUCTIONS, version=__version__)
+
+    @mcp.tool()
+    async def list_models() -> list[dict[str, Any]]:
+        """Models served by the fleet, with the nodes that serve each."""
+        return await backend.models()
+
+    @mcp.tool()
+    async def list_nodes() -> list[dict[str, Any]]:
+        """Every node with its health, round-trip time, load and predicted time to first token."""
+        return [summarize_node(v) for v in await backend.nodes()]
+
+    @mcp.tool()
+    async def get_node_capacity(node: str) -> dict[str, Any]:
+        """The last capacity document of one node (by name, node id or URL)."""
+        for v in await backend.nodes():
+            if node in (v["name"], v.get("node_id"), v["url"]):
+                if v.get("capacity") is None:
+                    raise ValueError(f"node {node!r} has not answered a capacity poll yet")
+                return v["capacity"]
+        raise ValueError(f"node {node!r} is not in this fleet")
+
+    @mcp.tool()
+    async def pick_node(model: str, prompt_tokens: int = 512, max_tokens: int = 256) -> dict[str, Any]:
+        """The node that would answer first: its base URL, predicted TTFT in ms, and why."""
+        return await backend.pick(model, prompt_tokens, max_tokens)
+
+    @mcp.tool()
+    async def complete(model: str, messages: list[dict[str, Any]], max_tokens: int = 256) -> dict[str, Any]:
+        """Run a chat completion through the fleet; returns the text, the node that served it and usage."""
+        status, body, node = await backend.chat({"model": model, "messages": messages, "max_tokens": max_tokens})
+        if status != 200:
+            err = (body.get("error") or {}) if isinstance(body, dict) else {}
+            raise ValueError(f"HTTP {status}: {err.get('code')}: {err.get('message')}")
+        choice = (body.get("choices") or [{}])[0]
+        msg = choice.get("message") or {}
+        return {"node": node, "content": msg.get("content"), "tool_calls": msg.get("tool_calls"),
+                "finish_reason": choice.get("finish_reason"), "usage": body.get("usage")}
+
+    return mcp
+
+
+class HttpBackend:
+    """Talks to a running router (``edgefleet mcp --router URL``)."""
+
+    def __init__(self, router_url: str, api_key: str | None = None, timeout: float = 300.0):
+        headers = {"authorization": f"Bearer {api_key}"} if api_key else {}
+        self.client = httpx.AsyncClient(base_url=router_url.rstrip("/"), headers=headers, timeout=timeout,
+                                        trust_env=False)
+
+    async def _get(self, path: str, **params: Any) -> Any:
+        resp = await self.client.get(path, params=params or None)
+        if resp.status_code != 200:
+            err = resp.json().get("error", {}) if resp.headers.get("content-type", "").startswith("application/json") else {}
+            raise ValueError(f"router answered HTTP {resp.status_code}: {err.get('message', '')}")
+        return resp.json()
+
+    async def models(self) -> list[dict[str, Any]]:
+        return (await self._get("/v1/fleet"))["models"]
+
+    async def nodes(self) -> list[dict[str, Any]]:
+        return (await self._get("/v1/fleet"))["nodes"]
+
+    async def pick(self, model: str, prompt_tokens: int, max_tokens: int) -> dict[str, Any]:
+        return await self._get("/v1/fleet/pick", model=model, prompt_tokens=prompt_tokens, max_tokens=max_tokens)
+
+    async def chat(self, body: dict[str, Any]) -> tuple[int, dict[str, Any], str | None]:
+        resp = await self.client.post("/v1/chat/completions", json=body)
+        return resp.status_code, resp.json(), resp.headers.get("x-edgefleet-node")

@@ -1,0 +1,33 @@
+"""Prometheus metrics of one router (own registry, so several routers can live in one process)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+
+class RouterMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter("edgefleet_router_requests", "Requests by node and outcome",
+                                ["node", "status"], registry=self.registry)
+        self.failovers = Counter("edgefleet_router_failovers", "Attempts moved to another node",
+                                 registry=self.registry)
+        self.rate_limited = Counter("edgefleet_router_rate_limited", "Requests refused by a key limit",
+                                    registry=self.registry)
+        self.latency = Histogram("edgefleet_router_request_seconds", "End-to-end latency through the router",
+                                 registry=self.registry,
+                                 buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60))
+        self.node_up = Gauge("edgefleet_router_node_up", "1 if the node takes traffic", ["node"],
+                             registry=self.registry)
+        self.node_inflight = Gauge("edgefleet_router_node_inflight", "Router requests in flight per node",
+                                   ["node"], registry=self.registry)
+        self.node_rtt = Gauge("edgefleet_router_node_rtt_ms", "Capacity poll round trip", ["node"],
+                              registry=self.registry)
+
+    def render(self, nodes: list, now: float) -> bytes:
+        for n in nodes:
+            self.node_up.labels(n.name).set(1 if n.is_ready(now) else 0)
+            self.node_inflight.labels(n.name).set(n.inflight)
+            if n.rtt_ms is not None:
+                self.node_rtt.labels(n.name).set(n.rtt_ms)
+        return generate_latest(self.registry)

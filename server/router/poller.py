@@ -1,0 +1,95 @@
+"""Capacity poller: every ``interval`` seconds, GET each node's ``/v1/capacity`` in parallel.
+
+The poll doubles as the health probe (it drives the circuit breaker in every state) and
+as the RTT measurement (wall time of the whole HTTP round trip).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+import httpx
+from pydantic import ValidationError
+
+from server.capacity.schema import Capacity
+from server.router.policy import REF_MAX_TOKENS, REF_PROMPT_TOKENS
+from server.router.registry import Node, Registry
+
+log = logging.getLogger("edgefleet.router.poller")
+
+CAPACITY_PATH = f"/v1/capacity?prompt_tokens={REF_PROMPT_TOKENS}&max_tokens={REF_MAX_TOKENS}"
+
+
+async def poll_node(client: httpx.AsyncClient, node: Node, timeout: float) -> bool:
+    start = time.monotonic()
+    try:
+        resp = await client.get(node.url + CAPACITY_PATH, headers=node.auth_headers, timeout=timeout)
+        rtt_ms = (time.monotonic() - start) * 1000.0
+        if resp.status_code != 200:
+            raise RuntimeError(f"capacity answered HTTP {resp.status_code}")
+        capacity = Capacity.model_validate_json(resp.content)
+    except (httpx.HTTPError, RuntimeError, ValidationError, ValueError) as exc:
+        now = time.monotonic()
+        was = node.breaker.poll_state(now)
+        node.breaker.record_failure(now)
+        node.last_error = _describe(exc)
+        if was != node.breaker.state:
+            log.warning("node %s is %s: %s", node.name, node.breaker.state, node.last_error)
+        return False
+    now = time.monotonic()
+    was = node.breaker.poll_state(now)
+    node.on_poll(capacity, rtt_ms, now)
+    node.breaker.record_success(now)
+    if was != node.breaker.state:
+        log.info("node %s is %s", node.name, node.breaker.state)
+    return True
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, httpx.TimeoutException):
+        return "capacity poll timed out"
+    if isinstance(exc, httpx.ConnectError):
+        return "connection refused or unreachable"
+    if isinstance(exc, ValidationError):
+        return "capacity document did not validate"
+    return str(exc)[:200] or type(exc).__name__
+
+
+class Poller:
+    def __init__(self, registry: Registry, client: httpx.AsyncClient, interval: float = 1.0,
+                 timeout: float | None = None):
+        self.registry = registry
+        self.client = client
+        self.interval = interval
+        self.timeout = timeout if timeout is not None else max(0.5, min(2.0, interval))
+        self._task: asyncio.Task[None] | None = None
+        self.rounds = 0
+
+    async def poll_once(self) -> None:
+        nodes = self.registry.nodes()
+        if nodes:
+            await asyncio.gather(*(poll_node(self.client, n, self.timeout) for n in nodes))
+        self.rounds += 1
+
+    async def _run(self) -> None:
+        while True:
+            started = time.monotonic()
+            try:
+                await self.poll_once()
+            except Exception:  # never let one bad round stop the poller
+                log.exception("capacity poll round failed")
+            await asyncio.sleep(max(0.0, self.interval - (time.monotonic() - started)))
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="capacity-poller")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+            self._task = None
