@@ -1,0 +1,238 @@
+"""POST /v1/chat/completions: route, prompt rendering, tool calls, streaming and not."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import AsyncIterator
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import JSONResponse, Response
+
+from server.api.deps import get_ready_runtime, require_json
+from server.api.errors import ApiError, InvalidRequest, ModelNotFound
+from server.api.generation import ClientGone, Generation, new_id, resolve_max_tokens, until_disconnect
+from server.api.protocol import ChatCompletionRequest, NamedToolChoice, finite_or_none
+from server.api.sse import event, sse_response
+from server.engine.base import Delta, PositionLogprobs, ToolCall
+from server.engine.toolcalls import new_call_id
+from server.runtime import NodeRuntime
+
+router = APIRouter()
+
+
+def tool_mode(req: ChatCompletionRequest) -> str:
+    """none | auto | required | named"""
+    if not req.tools or req.tool_choice == "none":
+        return "none"
+    if isinstance(req.tool_choice, NamedToolChoice):
+        return "named"
+    return req.tool_choice or "auto"
+
+
+def _forced_schema(req: ChatCompletionRequest, mode: str) -> dict[str, Any] | None:
+    """Forced tool use is constrained decoding: the output is the call, as JSON."""
+    tools = req.tools or []
+    if mode == "named":
+        name = req.tool_choice.function.name  # type: ignore[union-attr]
+        fn = next(t.function for t in tools if t.function.name == name)
+        return fn.parameters or {"type": "object"}
+    if mode == "required":
+        return {"type": "array", "minItems": 1, "items": {"anyOf": [
+            {"type": "object", "properties": {"name": {"type": "string", "enum": [t.function.name]},
+                                              "parameters": t.function.parameters or {"type": "object"}},
+             "required": ["name", "parameters"]} for t in tools]}}
+    return None
+
+
+def _messages(req: ChatCompletionRequest) -> list[dict[str, Any]]:
+    out = []
+    for m in req.messages:
+        d: dict[str, Any] = {"role": "system" if m.role == "developer" else m.role, "content": m.text() or ""}
+        if m.name:
+            d["name"] = m.name
+        if m.tool_calls:
+            d["tool_calls"] = [{"id": c.id, "type": "function",
+                                "function": {"name": c.function.name, "arguments": c.function.arguments}}
+                               for c in m.tool_calls]
+        if m.tool_call_id:
+            d["tool_call_id"] = m.tool_call_id
+        out.append(d)
+    return out
+
+
+def _render(runtime: NodeRuntime, req: ChatCompletionRequest, mode: str) -> list[int]:
+    tools = [t.model_dump(exclude_none=True) for t in req.tools] if req.tools and mode != "none" else None
+    try:
+        return runtime.engine.render_chat(_messages(req), tools)
+    except (ValueError, TypeError, KeyError) as exc:
+        raise InvalidRequest(f"The chat template rejected these messages: {str(exc)[:200]}", param="messages")
+    except Exception as exc:  # jinja2 TemplateError and friends
+        if type(exc).__module__.startswith("jinja2"):
+            raise InvalidRequest(f"The chat template rejected these messages: {str(exc)[:200]}", param="messages")
+        raise
+
+
+def _parse_forced(text: str, mode: str, req: ChatCompletionRequest) -> list[ToolCall]:
+    try:
+        obj = json.loads(text, strict=False)  # grammars allow control characters inside strings
+    except ValueError:
+        return []
+    if mode == "named":
+        return [ToolCall(req.tool_choice.function.name, json.dumps(obj), new_call_id())]  # type: ignore[union-attr]
+    return [ToolCall(c["name"], json.dumps(c.get("parameters", {})), new_call_id())
+            for c in obj if isinstance(c, dict) and "name" in c]
+
+
+def _calls_json(calls: list[ToolCall]) -> list[dict[str, Any]]:
+    return [{"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}} for c in calls]
+
+
+def _logprobs_json(items: list[PositionLogprobs] | None) -> list[dict[str, Any]] | None:
+    if items is None:
+        return None
+
+    def one(t) -> dict[str, Any]:
+        return {"token": t.token, "logprob": finite_or_none(t.logprob), "bytes": list(t.token.encode("utf-8"))}
+
+    return [{**one(p.sampled), "top_logprobs": [one(t) for t in p.top]} for p in items]
+
+
+@router.post("/v1/chat/completions", dependencies=[Depends(require_json)])
+async def create_chat_completion(body: ChatCompletionRequest, request: Request,
+                                 runtime: Annotated[NodeRuntime, Depends(get_ready_runtime)]) -> Response:
+    info = runtime.engine.info
+    if body.model != info.id:
+        raise ModelNotFound(f"The model '{body.model[:100]}' does not exist on this node; it serves '{info.id}'.",
+                            param="model")
+    if body.n > runtime.settings.max_n:
+        raise InvalidRequest(f"n must be at most {runtime.settings.max_n}.", param="n")
+    mode = tool_mode(body)
+    prompt = _render(runtime, body, mode)
+    max_tokens = resolve_max_tokens(runtime, len(prompt), body.requested_max_tokens())
+    sampling = body.to_sampling(max_tokens)
+    if (schema := _forced_schema(body, mode)) is not None:
+        sampling.json_schema = schema
+    elif body.response_format and body.response_format.type == "json_schema":
+        sampling.json_schema = body.response_format.json_schema.schema_  # type: ignore[union-attr]
+    elif body.response_format and body.response_format.type == "json_object":
+        sampling.json_object = True
+    rid = new_id("chatcmpl")
+    gen = Generation(runtime, rid, prompt, sampling, body.n)
+    headers = {"X-Request-Id": rid}
+    if body.stream:
+        return await _stream(gen, body, mode, request, headers)
+    try:
+        result = await until_disconnect(request, _collect(gen, body, mode, runtime))
+    except ClientGone:
+        return Response(status_code=499)
+    return JSONResponse(result, headers=headers)
+
+
+async def _collect(gen: Generation, req: ChatCompletionRequest, mode: str, runtime: NodeRuntime) -> dict[str, Any]:
+    texts = [""] * gen.n
+    logprobs: list[list[dict[str, Any]]] = [[] for _ in range(gen.n)]
+    finish: list[str | None] = [None] * gen.n
+    counts = [0] * gen.n
+    cached = 0
+    async for i, d in gen.stream():
+        texts[i] += d.text
+        counts[i] += len(d.token_ids)
+        cached = max(cached, d.cached_tokens)
+        if d.logprobs:
+            logprobs[i].extend(_logprobs_json(d.logprobs) or [])
+        if d.finish_reason:
+            finish[i] = d.finish_reason
+    choices = []
+    for i in range(gen.n):
+        content: str | None = texts[i]
+        calls: list[ToolCall] = []
+        if mode in ("named", "required"):
+            calls = _parse_forced(texts[i], mode, req)
+            content = None if calls else texts[i]
+        elif mode == "auto":
+            content, calls = runtime.engine.tool_parser(runtime.settings.tool_call_parser).extract(
+                texts[i], [t.model_dump(exclude_none=True) for t in req.tools or []])
+        message: dict[str, Any] = {"role": "assistant", "content": content}
+        if calls:
+            message["tool_calls"] = _calls_json(calls)
+        reason = "tool_calls" if calls else finish[i]
+        choices.append({"index": i, "message": message, "logprobs": {"content": logprobs[i]} if req.logprobs else None,
+                        "finish_reason": reason})
+    completion = sum(counts)
+    return {"id": gen.request_id, "object": "chat.completion", "created": int(time.time()), "model": req.model,
+            "choices": choices,
+            "usage": {"prompt_tokens": len(gen.prompt_ids), "completion_tokens": completion,
+                      "total_tokens": len(gen.prompt_ids) + completion,
+                      "prompt_tokens_details": {"cached_tokens": cached}}}
+
+
+async def _stream(gen: Generation, req: ChatCompletionRequest, mode: str, request: Request,
+                  headers: dict[str, str]) -> Response:
+    created = int(time.time())
+    base = {"id": gen.request_id, "object": "chat.completion.chunk", "created": created, "model": req.model}
+    stream = gen.stream()
+    # Wait for the first step before sending headers: an input the engine refuses is then a
+    # plain 400, and a client that leaves while queued is noticed (C4).
+    try:
+        first = await until_disconnect(request, anext(stream, None))
+    except ClientGone:
+        await stream.aclose()
+        return Response(status_code=499)
+    except ApiError:
+        await stream.aclose()
+        raise
+    return sse_response(_events(gen, req, mode, base, first, stream), headers=headers)
+
+
+async def _events(gen: Generation, req: ChatCompletionRequest, mode: str, base: dict[str, Any],
+                  first: tuple[int, Delta] | None, stream: AsyncIterator[tuple[int, Delta]]) -> AsyncIterator[bytes]:
+    started = [False] * gen.n
+    texts = [""] * gen.n
+    call_ids = [new_call_id() for _ in range(gen.n)]
+    completion = 0
+
+    async def items() -> AsyncIterator[tuple[int, Delta]]:
+        if first is not None:
+            yield first
+        async for item in stream:
+            yield item
+
+    async for i, d in items():
+        completion += len(d.token_ids)
+        texts[i] += d.text
+        delta: dict[str, Any] = {}
+        if not started[i]:
+            delta["role"] = "assistant"
+            started[i] = True
+        finish = d.finish_reason
+        if mode == "named":
+            fn: dict[str, Any] = {"arguments": d.text}
+            call: dict[str, Any] = {"index": 0, "function": fn}
+            if "role" in delta:
+                call |= {"id": call_ids[i], "type": "function"}
+                fn["name"] = req.tool_choice.function.name  # type: ignore[union-attr]
+            delta["tool_calls"] = [call]
+            finish = "tool_calls" if finish in ("stop",) else finish
+        elif mode == "required":
+            if finish is not None:  # a JSON array is only a call list once complete
+                calls = _parse_forced(texts[i], mode, req)
+                delta["tool_calls"] = [{"index": k, **c} for k, c in enumerate(_calls_json(calls))]
+                finish = "tool_calls" if calls else finish
+        else:
+            delta["content"] = d.text
+            if mode == "auto" and finish is not None:
+                _, calls = gen.runtime.engine.tool_parser(gen.runtime.settings.tool_call_parser).extract(
+                    texts[i], [t.model_dump(exclude_none=True) for t in req.tools or []])
+                if calls:
+                    delta["tool_calls"] = [{"index": k, **c} for k, c in enumerate(_calls_json(calls))]
+                    finish = "tool_calls"
+        choice = {"index": i, "delta": delta, "logprobs": None, "finish_reason": finish}
+        if req.logprobs and d.logprobs:
+            choice["logprobs"] = {"content": _logprobs_json(d.logprobs)}
+        yield event({**base, "choices": [choice]})
+    if req.include_usage():
+        n_prompt = len(gen.prompt_ids)
+        yield event({**base, "choices": [], "usage": {"prompt_tokens": n_prompt, "completion_tokens": completion,
+                                                      "total_tokens": n_prompt + completion}})

@@ -1,0 +1,186 @@
+"""Running one API request on the engine: n sequences, accounting, disconnects, errors.
+
+Both endpoints (chat, completions) build a :class:`Generation` and consume its merged stream
+of ``(choice_index, Delta)``. Engine failures become ApiErrors here, in one place.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable
+from dataclasses import replace
+from typing import TypeVar
+
+from starlette.requests import Request
+
+from server.api.errors import (
+    ApiError,
+    ContextLengthExceeded,
+    EngineUnavailable,
+    InternalError,
+    InvalidRequest,
+    NotReady,
+)
+from server.engine.base import (
+    Delta,
+    EngineDeadError,
+    EngineError,
+    GenerateRequest,
+    InvalidRequestForEngine,
+    SamplingOptions,
+)
+from server.runtime import NodeRuntime
+
+T = TypeVar("T")
+
+
+class ClientGone(Exception):
+    pass
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex}"
+
+
+def resolve_max_tokens(runtime: NodeRuntime, prompt_tokens: int, requested: int | None) -> int:
+    """Apply the context-length contract (RELIABILITY A1-A3): refuse, never truncate."""
+    limit = runtime.engine.info.max_model_len
+    if prompt_tokens >= limit:
+        raise ContextLengthExceeded(
+            f"This model's maximum context length is {limit} tokens; the prompt has {prompt_tokens} tokens.",
+            param="messages")
+    if requested is None:
+        return limit - prompt_tokens
+    if prompt_tokens + requested > limit:
+        raise ContextLengthExceeded(
+            f"This model's maximum context length is {limit} tokens; the prompt has {prompt_tokens} tokens "
+            f"and max_tokens is {requested} ({prompt_tokens + requested} in total).", param="max_tokens")
+    return requested
+
+
+def engine_error(exc: BaseException) -> ApiError:
+    if isinstance(exc, InvalidRequestForEngine):
+        return InvalidRequest(str(exc), param=exc.param, code=exc.code)
+    if isinstance(exc, EngineDeadError):
+        return EngineUnavailable("The inference engine is not running.")
+    if isinstance(exc, EngineError):
+        return InternalError("The request failed inside the engine.", code="engine_error")
+    if isinstance(exc, ApiError):
+        return exc
+    return InternalError("Internal server error.")
+
+
+class Generation:
+    """One admitted request: n engine sequences sharing one prompt."""
+
+    def __init__(self, runtime: NodeRuntime, request_id: str, prompt_ids: list[int], sampling: SamplingOptions,
+                 n: int):
+        self.runtime = runtime
+        self.request_id = request_id
+        self.prompt_ids = prompt_ids
+        self.sampling = sampling
+        self.n = n
+        self.arrival = time.monotonic()
+        self.engine_ids = [f"{request_id}-{i}" for i in range(n)]
+        self.finish = "abort"
+        runtime.admit(len(prompt_ids), n)
+        self.active = runtime.begin(request_id, self.engine_ids, len(prompt_ids), self.arrival)
+        self._closed = False
+
+    def _sampling_for(self, i: int) -> SamplingOptions:
+        if self.n == 1 or self.sampling.seed is None:
+            return self.sampling
+        return replace(self.sampling, seed=self.sampling.seed + i)  # distinct but reproducible choices
+
+    async def _one(self, i: int) -> AsyncIterator[tuple[int, Delta]]:
+        req = GenerateRequest(self.engine_ids[i], self.prompt_ids, self._sampling_for(i), self.arrival)
+        async for delta in self.runtime.engine.generate(req):
+            yield i, delta
+
+    async def stream(self) -> AsyncIterator[tuple[int, Delta]]:
+        """Merged deltas of all n sequences; raises ApiError for engine failures."""
+        try:
+            if self.n == 1:
+                async for item in self._one(0):
+                    self._account(item[1])
+                    yield item
+            else:
+                async for item in _merge([self._one(i) for i in range(self.n)]):
+                    self._account(item[1])
+                    yield item
+        except ApiError:
+            raise
+        except Exception as exc:
+            raise engine_error(exc) from None
+        finally:
+            self.close()
+
+    def _account(self, delta: Delta) -> None:
+        self.runtime.on_tokens(self.active, len(delta.token_ids))
+        if delta.finish_reason is not None:
+            self.finish = delta.finish_reason
+        if delta.finish_reason == "abort" and self.runtime.state == "draining":
+            raise NotReady("The node is shutting down; the request was ended.", code="server_shutting_down")
+
+    def close(self, finish: str | None = None) -> None:
+        if not self._closed:
+            self._closed = True
+            self.runtime.end(self.request_id, finish or self.finish)
+
+
+async def _merge(streams: list[AsyncIterator[T]]) -> AsyncIterator[T]:
+    queue: asyncio.Queue = asyncio.Queue()
+    done = object()
+
+    async def pump(s: AsyncIterator[T]) -> None:
+        try:
+            async for item in s:
+                await queue.put(item)
+            await queue.put(done)
+        except BaseException as exc:  # hand failures to the consumer
+            await queue.put(exc)
+
+    tasks = [asyncio.create_task(pump(s)) for s in streams]
+    remaining = len(tasks)
+    try:
+        while remaining:
+            item = await queue.get()
+            if item is done:
+                remaining -= 1
+            elif isinstance(item, BaseException):
+                raise item
+            else:
+                yield item
+    finally:
+        for t in tasks:
+            t.cancel()
+        with contextlib.suppress(BaseException):
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def until_disconnect(request: Request, work: Awaitable[T]) -> T:
+    """Run ``work`` but cancel it if the client goes away first (C3/C4)."""
+    task = asyncio.ensure_future(work)
+
+    async def watch() -> None:
+        while True:
+            message = await request.receive()
+            if message["type"] == "http.disconnect":
+                return
+
+    watcher = asyncio.ensure_future(watch())
+    try:
+        done, _ = await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+        if task in done:
+            return task.result()
+        task.cancel()
+        with contextlib.suppress(BaseException):
+            await task
+        raise ClientGone
+    finally:
+        watcher.cancel()
+        if not task.done():
+            task.cancel()

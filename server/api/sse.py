@@ -1,0 +1,41 @@
+"""Server-sent events: one event per engine step, errors in band, then [DONE]."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+from starlette.responses import StreamingResponse
+
+from server.api.errors import ApiError
+from server.api.protocol import dumps
+
+SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+
+def event(obj: Any) -> bytes:
+    return f"data: {dumps(obj)}\n\n".encode()
+
+
+DONE = b"data: [DONE]\n\n"
+
+
+def sse_response(events: AsyncIterator[bytes], headers: dict[str, str] | None = None,
+                 on_close: Callable[[], None] | None = None) -> StreamingResponse:
+    async def body() -> AsyncIterator[bytes]:
+        try:
+            async for chunk in events:
+                yield chunk
+        except ApiError as err:
+            # After the first byte the status line is gone: the error travels in band, no [DONE].
+            yield event(err.body())
+            return
+        finally:
+            if on_close:
+                on_close()
+            with contextlib.suppress(Exception):
+                await events.aclose()  # type: ignore[attr-defined]
+        yield DONE
+
+    return StreamingResponse(body(), media_type="text/event-stream", headers={**SSE_HEADERS, **(headers or {})})
