@@ -55,8 +55,13 @@ def estimate(node: Node, prompt_tokens: int, mean_max_tokens: float = REF_MAX_TO
     slots = max(1, load.max_concurrent_sequences)
     step_ms = perf.tpot_p50_ms or DEFAULT_TPOT_MS
     if pred is not None and pred.prompt_tokens > 0:
-        wait = pred.predicted_queue_wait_ms
-        per_token = max(0.0, pred.predicted_ttft_ms - pred.predicted_queue_wait_ms) / pred.prompt_tokens
+        # The node's prediction for the reference prompt, minus that prompt's own prefill,
+        # is what any request would wait there (slot wait, queued prefills, a decode step).
+        if perf.prefill_tokens_per_s:
+            per_token = 1000.0 / perf.prefill_tokens_per_s
+        else:
+            per_token = max(0.0, pred.predicted_ttft_ms - pred.predicted_queue_wait_ms) / pred.prompt_tokens
+        wait = max(0.0, pred.predicted_ttft_ms - per_token * pred.prompt_tokens)
         busy_seen = load.running + load.waiting  # the node's own wait already covers these
     else:
         per_token = 1000.0 / (perf.prefill_tokens_per_s or DEFAULT_PREFILL_TOKENS_PER_S)

@@ -22,7 +22,7 @@ log = logging.getLogger("edgefleet.router.poller")
 CAPACITY_PATH = f"/v1/capacity?prompt_tokens={REF_PROMPT_TOKENS}&max_tokens={REF_MAX_TOKENS}"
 
 
-async def poll_node(client: httpx.AsyncClient, node: Node, timeout: float) -> bool:
+async def poll_node(client: httpx.AsyncClient, node: Node, timeout: float, registry: Registry | None = None) -> bool:
     start = time.monotonic()
     try:
         resp = await client.get(node.url + CAPACITY_PATH, headers=node.auth_headers, timeout=timeout)
@@ -41,6 +41,8 @@ async def poll_node(client: httpx.AsyncClient, node: Node, timeout: float) -> bo
     now = time.monotonic()
     was = node.breaker.poll_state(now)
     node.on_poll(capacity, rtt_ms, now)
+    if registry is not None:
+        registry.adopt_name(node, capacity.identity.name)
     node.breaker.record_success(now)
     if was != node.breaker.state:
         log.info("node %s is %s", node.name, node.breaker.state)
@@ -70,7 +72,7 @@ class Poller:
     async def poll_once(self) -> None:
         nodes = self.registry.nodes()
         if nodes:
-            await asyncio.gather(*(poll_node(self.client, n, self.timeout) for n in nodes))
+            await asyncio.gather(*(poll_node(self.client, n, self.timeout, self.registry) for n in nodes))
         self.rounds += 1
 
     async def _run(self) -> None:

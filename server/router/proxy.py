@@ -141,14 +141,18 @@ class RelayResponse(Response):
         try:
             await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
             async with anyio.create_task_group() as tg:
+                relayed = False
+
                 async def watch_disconnect() -> None:
                     while (await receive())["type"] != "http.disconnect":
                         pass
-                    ex.error = ex.error or "client_disconnected"
-                    tg.cancel_scope.cancel()
+                    if not relayed:
+                        ex.error = ex.error or "client_disconnected"
+                        tg.cancel_scope.cancel()
 
                 tg.start_soon(watch_disconnect)
                 await self._relay(send)
+                relayed = True
                 tg.cancel_scope.cancel()
         finally:
             await ex.finish()

@@ -7,6 +7,7 @@ are ever contacted (request bodies never choose an upstream).
 from __future__ import annotations
 
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Literal
 from urllib.parse import urlsplit
@@ -15,6 +16,7 @@ from server.capacity.schema import Capacity
 from server.router.breaker import CircuitBreaker
 
 Source = Literal["static", "mdns"]
+RTT_WINDOW = 10
 
 
 @dataclass(slots=True)
@@ -52,7 +54,8 @@ class Node:
     breaker: CircuitBreaker = field(default_factory=CircuitBreaker)
     capacity: Capacity | None = None
     capacity_at: float = 0.0  # monotonic time of the last good poll
-    rtt_ms: float | None = None  # EWMA of the capacity poll round trip
+    rtt_ms: float | None = None  # min of the recent capacity-poll round trips
+    rtt_samples: deque[float] = field(default_factory=lambda: deque(maxlen=RTT_WINDOW))
     last_error: str | None = None
     # The router's own accounting, so a burst between two polls does not herd onto one node.
     inflight: int = 0
@@ -61,12 +64,14 @@ class Node:
     requests: int = 0
     failures: int = 0
     auth_headers: dict[str, str] = field(default_factory=dict)
+    named: bool = False  # the operator (or the announcement) gave the name
 
     @classmethod
     def from_spec(cls, spec: NodeSpec, breaker: CircuitBreaker) -> Node:
         url = normalize_url(spec.url)
         node = cls(url=url, name=spec.name or urlsplit(url).netloc, api_key=spec.api_key, zone=spec.zone,
-                   labels=dict(spec.labels), source=spec.source, node_id=spec.node_id, breaker=breaker)
+                   labels=dict(spec.labels), source=spec.source, node_id=spec.node_id, breaker=breaker,
+                   named=bool(spec.name))
         if spec.api_key:
             node.auth_headers = {"authorization": f"Bearer {spec.api_key}"}
         return node
@@ -95,7 +100,10 @@ class Node:
     def on_poll(self, capacity: Capacity, rtt_ms: float, now: float) -> None:
         self.capacity = capacity
         self.capacity_at = now
-        self.rtt_ms = rtt_ms if self.rtt_ms is None else 0.7 * self.rtt_ms + 0.3 * rtt_ms
+        # The minimum filters out the node's own time to build the document and scheduling
+        # noise, leaving the network path (the way TCP estimates min RTT).
+        self.rtt_samples.append(rtt_ms)
+        self.rtt_ms = min(self.rtt_samples)
         self.dispatched_since_poll = 0
         self.completed_since_poll = 0
         self.last_error = None
@@ -135,6 +143,14 @@ class Registry:
     def __init__(self, failure_threshold: int = 3, success_threshold: int = 2, open_s: float = 2.0):
         self._nodes: dict[str, Node] = {}
         self._breaker_args = (failure_threshold, success_threshold, open_s)
+
+    def adopt_name(self, node: Node, name: str) -> None:
+        """Use the node's own name once known, unless the operator named it or it would clash."""
+        if node.named or not name or node.name == name:
+            return
+        if any(n.name == name for n in self._nodes.values() if n is not node):
+            return
+        node.name = name
 
     def add(self, spec: NodeSpec) -> Node:
         url = normalize_url(spec.url)

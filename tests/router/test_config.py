@@ -1,0 +1,48 @@
+"""Fleet file parsing and client-key hashing."""
+
+import pytest
+
+from server.api.security import hash_key
+from server.router.config import keys_from_fleet, load_fleet
+from server.router.registry import normalize_url
+
+
+def test_fleet_file(tmp_path, monkeypatch):
+    monkeypatch.setenv("BOX_KEY", "node-secret")
+    digest = hash_key("client-secret")
+    path = tmp_path / "fleet.toml"
+    path.write_text(f'''
+[router]
+policy = "round_robin"
+
+[[nodes]]
+url = "http://127.0.0.1:9001/v1"
+name = "a"
+api_key_env = "BOX_KEY"
+zone = "garage"
+labels = {{ gpu = "none" }}
+
+[[keys]]
+id = "alice"
+hash = "{digest}"
+requests_per_min = 5
+''')
+    fleet = load_fleet(path)
+    spec = fleet.nodes[0].spec()
+    assert spec.url == "http://127.0.0.1:9001" and spec.api_key == "node-secret" and spec.zone == "garage"
+    keys, limits = keys_from_fleet(fleet)
+    assert keys[0].key_id == "alice" and keys[0].digest == digest
+    assert limits["alice"].requests_per_min == 5 and fleet.router["policy"] == "round_robin"
+
+
+def test_plain_key_in_fleet_file_is_rejected(tmp_path):
+    path = tmp_path / "fleet.toml"
+    path.write_text('[[keys]]\nid = "bob"\nhash = "client-secret"\n')
+    with pytest.raises(ValueError):
+        load_fleet(path)
+
+
+def test_normalize_url():
+    assert normalize_url("http://h:1/") == "http://h:1"
+    with pytest.raises(ValueError):
+        normalize_url("file:///etc/passwd")
