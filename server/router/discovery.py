@@ -18,6 +18,7 @@ from zeroconf import IPVersion, ServiceStateChange, Zeroconf
 from zeroconf.asyncio import AsyncServiceBrowser, AsyncServiceInfo, AsyncZeroconf
 
 from server import __version__
+from server.config import is_loopback
 from server.router.registry import NodeSpec
 
 SERVICE_TYPE = "_edgefleet._tcp.local."
@@ -52,6 +53,8 @@ class NodeAdvertiser:
 
     def __init__(self, name: str, node_id: str, host: str, port: int, zone: str | None = None,
                  interfaces: list[str] | None = None):
+        if interfaces is None and is_loopback(host):
+            interfaces = [host]  # a loopback-bound node is only reachable (and announced) there
         self.interfaces = interfaces
         addresses = _announce_addresses(host, interfaces)
         self.info = AsyncServiceInfo(
