@@ -135,7 +135,7 @@ def detail(records: Sequence[RequestRecord]) -> dict[str, list]:
         "queue_times": [r.queue_time for r in records],
         "generated_texts": [r.generated_text for r in records],
         "errors": [r.error for r in records],
-        "nodes": [r.node for r in records],
+        "nodes_per_request": [r.node for r in records],
         "tags": [r.tag for r in records],
     }
 
