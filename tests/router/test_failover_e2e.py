@@ -244,3 +244,20 @@ def test_client_disconnect_cancels_upstream(launcher):
     assert wait_until(lambda: httpx.get(node.url + "/v1/capacity", trust_env=False).json()["load"]["running"] == 0,
                       timeout=5)
     assert wait_until(lambda: node_view(router, "cancel8")["inflight"] == 0, timeout=5)
+
+
+def test_full_real_node_503_moves_request(launcher, backup):
+    """C2 with a real node whose only slot is busy and whose queue is 0: 503, retried elsewhere."""
+    (full,) = start_nodes(launcher, ("full9", ["--zone", "z9", "--max-num-seqs", "1", "--max-queued-requests", "0"],
+                                     {"decode_ms": 20, "max_num_seqs": 1}))
+    router = launcher.router("--node", full.url, "--node", backup.url, "--poll-interval", "60",
+                             "--audit-log", str(launcher.tmp / "r9.audit.jsonl"), name="r9")
+    body = {"model": "sim-model", "messages": MSG, "max_tokens": 300, "stream": True}
+    with httpx.stream("POST", router.url + "/v1/chat/completions", json=body, timeout=30, trust_env=False,
+                      headers={"X-Edgefleet-Node": "full9"}) as hog:
+        lines = hog.iter_lines()  # keep a reference: a dropped generator closes the stream
+        next(lines)
+        r = httpx.post(router.url + "/v1/chat/completions", json={**body, "stream": False, "max_tokens": 2},
+                       headers={"X-Edgefleet-Zone": "z9"}, timeout=20, trust_env=False)
+        assert r.status_code == 200 and r.headers["x-edgefleet-node"] == "backup"
+    assert audit(launcher, "r9")[-1]["attempts"] == ["full9:http_503", "backup:ok"]
