@@ -2,6 +2,8 @@
 
 import asyncio
 
+import pytest
+
 from server.router.discovery import NodeAdvertiser, NodeBrowser
 
 
@@ -29,3 +31,26 @@ async def test_advertised_node_is_found_and_removed():
     finally:
         adv.stop()
         await browser.stop()
+
+
+@pytest.mark.e2e
+def test_router_discovers_advertised_node_process(launcher):
+    import httpx
+    import openai
+
+    from tests.router.conftest import fleet, wait_until
+
+    router = launcher.router("--discover", "--discover-interface", "127.0.0.1", "--poll-interval", "0.3",
+                             name="r-mdns", wait_ready=False)
+    node = launcher.node("mdns-node", extra=["--advertise", "--zone", "lan"])
+    assert wait_until(lambda: any(n["name"] == "mdns-node" and n["ready"] for n in fleet(router)["nodes"]),
+                      timeout=15)
+    entry = next(n for n in fleet(router)["nodes"] if n["name"] == "mdns-node")
+    assert entry["source"] == "mdns" and entry["zone"] == "lan" and entry["url"] == node.url
+    c = openai.OpenAI(base_url=router.url + "/v1", api_key="x", max_retries=0)
+    raw = c.chat.completions.with_raw_response.create(model="sim-model", messages=[{"role": "user", "content": "x"}],
+                                                      max_tokens=1)
+    assert raw.headers["x-edgefleet-node"] == "mdns-node"
+    node.stop()  # SIGTERM: the node sends an mDNS goodbye
+    assert wait_until(lambda: not any(n["name"] == "mdns-node" for n in fleet(router)["nodes"]), timeout=15)
+    assert httpx.get(router.url + "/ready", trust_env=False).status_code == 503
