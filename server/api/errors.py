@@ -67,6 +67,11 @@ class PayloadTooLarge(ApiError):
     code = "request_too_large"
 
 
+class HeadersTooLarge(ApiError):
+    status_code = 431
+    code = "request_header_fields_too_large"
+
+
 class UnsupportedMediaType(ApiError):
     status_code = 415
     code = "unsupported_media_type"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable
@@ -35,6 +36,7 @@ from server.engine.base import (
 from server.runtime import NodeRuntime
 
 T = TypeVar("T")
+log = logging.getLogger("edgefleet.api")
 
 
 class ClientGone(Exception):
@@ -70,6 +72,7 @@ def engine_error(exc: BaseException) -> ApiError:
         return InternalError("The request failed inside the engine.", code="engine_error")
     if isinstance(exc, ApiError):
         return exc
+    log.error("unexpected engine failure", exc_info=exc)
     return InternalError("Internal server error.")
 
 

@@ -97,6 +97,12 @@ class Tool(_Strict):
     type: Literal["function"]
     function: FunctionDef
 
+    @model_validator(mode="after")
+    def _check(self) -> Tool:
+        if self.function.parameters is not None:
+            check_json_schema(self.function.parameters, f"parameters of tool '{self.function.name}'")
+        return self
+
 
 class NamedToolChoiceFunction(_Strict):
     name: str
@@ -114,14 +120,28 @@ class JsonSchemaFormat(_Strict):
     strict: bool | None = None
 
 
+def check_json_schema(schema: dict[str, Any], where: str) -> None:
+    """Refuse schemas that are not JSON Schema before they reach the grammar compiler."""
+    import jsonschema
+
+    try:
+        jsonschema.validators.validator_for(schema, default=jsonschema.Draft202012Validator).check_schema(schema)
+    except jsonschema.SchemaError as exc:
+        raise ValueError(f"{where} is not a valid JSON Schema: {str(exc.message)[:200]}") from None
+    except RecursionError:
+        raise ValueError(f"{where} is nested too deeply") from None
+
+
 class ResponseFormat(_Strict):
     type: Literal["text", "json_object", "json_schema"]
     json_schema: JsonSchemaFormat | None = None
 
     @model_validator(mode="after")
     def _check(self) -> ResponseFormat:
-        if self.type == "json_schema" and (self.json_schema is None or self.json_schema.schema_ is None):
-            raise ValueError("response_format of type json_schema needs 'json_schema.schema'")
+        if self.type == "json_schema":
+            if self.json_schema is None or self.json_schema.schema_ is None:
+                raise ValueError("response_format of type json_schema needs 'json_schema.schema'")
+            check_json_schema(self.json_schema.schema_, "response_format.json_schema.schema")
         return self
 
 

@@ -18,12 +18,15 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from server.api.errors import ApiError, AuthenticationError, PayloadTooLarge, PermissionDenied
+from server.api.errors import ApiError, AuthenticationError, HeadersTooLarge, PayloadTooLarge, PermissionDenied
 from server.config import is_loopback
 
 EXEMPT_PATHS = frozenset({"/health", "/ready"})
+MAX_HEADERS = 128
+MAX_HEADER_BYTES = 32 * 1024
 
 
 def hash_key(key: str) -> str:
@@ -79,8 +82,12 @@ def _hostname(value: str) -> str:
     return value.rsplit(":", 1)[0] if value.count(":") == 1 else value
 
 
-class _BodyTooLarge(Exception):
-    pass
+class _BodyTooLarge(StarletteHTTPException):
+    """An HTTPException so that body parsers (FastAPI's) re-raise it instead of calling it a
+    parse error; the app's handler renders it as 413."""
+
+    def __init__(self, limit: int):
+        super().__init__(413, f"Request body exceeds {limit} bytes.")
 
 
 class SecurityMiddleware:
@@ -99,8 +106,11 @@ class SecurityMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        headers = dict(scope["headers"])
+        raw_headers = scope["headers"]
+        headers = dict(raw_headers)
         try:
+            if len(raw_headers) > MAX_HEADERS or sum(len(k) + len(v) for k, v in raw_headers) > MAX_HEADER_BYTES:
+                raise HeadersTooLarge("Too many or too large request headers.")
             self._check_host_and_origin(headers)
             if scope["path"] not in self.exempt:
                 self._check_auth(scope, headers)
@@ -118,7 +128,7 @@ class SecurityMiddleware:
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > self.max_body_bytes:
-                    raise _BodyTooLarge
+                    raise _BodyTooLarge(self.max_body_bytes)
             return message
 
         async def tracking_send(message: Message) -> None:

@@ -167,6 +167,7 @@ class VllmEngine:
             structured_outputs=structured, output_kind=RequestOutputKind.DELTA)
 
     async def generate(self, request: GenerateRequest) -> AsyncIterator[Delta]:
+        from vllm.exceptions import VLLMClientError
         from vllm.v1.engine.exceptions import EngineDeadError as VllmDead
         from vllm.v1.engine.exceptions import EngineGenerateError
 
@@ -198,7 +199,7 @@ class VllmEngine:
             raise EngineDeadError("engine died") from exc
         except EngineGenerateError as exc:
             raise EngineError("generation failed") from exc
-        except ValueError as exc:  # input validation inside vLLM (e.g. a broken json_schema)
+        except (ValueError, VLLMClientError) as exc:  # input validation inside vLLM (e.g. a broken regex)
             raise InvalidRequestForEngine(_first_line(exc), param=_param_for(exc)) from None
         finally:
             self._pending_prompt.pop(rid, None)
