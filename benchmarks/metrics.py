@@ -79,7 +79,7 @@ def parse_goodput(pairs: Iterable[str]) -> dict[str, float]:
 def is_good(rec: RequestRecord, slos: dict[str, float]) -> bool:
     """Meets every SLO given. TPOT counts as 0 when N <= 1 (vLLM does the same)."""
     values = {"ttft": rec.ttft, "tpot": rec.tpot or 0.0, "e2el": rec.latency}
-    return all(values[k] * 1000.0 <= ms for k, ms in slos.items())
+    return all(values[k] <= ms / 1000.0 for k, ms in slos.items())  # vLLM compares in seconds
 
 
 def summarize(
