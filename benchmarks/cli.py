@@ -10,7 +10,6 @@ import json
 import math
 import os
 import shlex
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -24,6 +23,7 @@ class _MultiValueCommand(click.Command):
     """Accept ``--compare A B C`` as well as ``--compare A --compare B`` (click wants the latter)."""
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        ctx.meta["bench_argv"] = list(args)  # for the "Command:" line of the Markdown summary
         out: list[str] = []
         current = None
         for a in args:
@@ -353,7 +353,8 @@ def _node_table(res: dict[str, Any]) -> str:
 
 def _command_line() -> str:
     """The command as typed, keys redacted."""
-    args, out, hide = sys.argv[1:], [], False
+    ctx = click.get_current_context()
+    args, out, hide = ctx.meta.get("bench_argv", []), [], False
     for a in args:
         if hide:
             out.append("***")
@@ -366,7 +367,8 @@ def _command_line() -> str:
         elif ",key=" in a and not a.split(",key=", 1)[1].startswith("env:"):
             a = ",".join("key=***" if p.startswith("key=") else p for p in a.split(","))
         out.append(a)
-    return "edgefleet " + " ".join(shlex.quote(a) for a in out)
+    path = ctx.command_path if ctx.command_path.startswith("edgefleet") else "edgefleet " + ctx.command_path
+    return path + " " + " ".join(shlex.quote(a) for a in out)
 
 
 __all__ = ["bench"]
