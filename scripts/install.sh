@@ -56,9 +56,7 @@ index_args=()
 if [ -n "$TORCH_INDEX" ]; then
     # A short probe: pip would otherwise retry an unreachable index for minutes before
     # falling back to its other sources.
-    probe=$PY
-    [ -x "$probe" ] || probe=$PYTHON  # a dry run before the venv exists
-    if "$probe" - "$TORCH_INDEX" <<'EOF' 2>/dev/null; then
+    if "$PYTHON" - "$TORCH_INDEX" <<'EOF' 2>/dev/null; then
 import sys, urllib.request
 urllib.request.urlopen(urllib.request.Request(sys.argv[1] + "/", method="HEAD"), timeout=5)
 EOF
