@@ -158,6 +158,7 @@ def test_mdns_profile_uses_host_networking_and_discovery(compose: dict) -> None:
 
 def test_stop_grace_covers_the_drain(compose: dict) -> None:
     for name, svc in compose["services"].items():
+        assert svc["init"] is True, f"{name}: an init as PID 1 forwards SIGTERM to edgefleet and reaps children"
         if kind_of(svc) == "node":
             drain = float(env(svc)["EDGEFLEET_SHUTDOWN_TIMEOUT"])
             assert seconds(svc["stop_grace_period"]) >= drain + 10, name
