@@ -1,0 +1,100 @@
+"""RELIABILITY.md D1-D3 with real node processes: loading, SIGTERM drain, engine death."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+
+import httpx
+import pytest
+
+from tests.conftest import DEMO, vllm_node_args
+from tests.nodeproc import NodeProcess
+
+pytestmark = pytest.mark.e2e
+
+
+def test_d1_not_ready_while_loading(node):
+    seen = node.observed_while_loading
+    assert seen.get("ready") == 503, seen
+    assert seen.get("health") == 200, seen
+    assert seen.get("chat") == 503, seen
+
+
+def _stream(node, max_tokens: int, out: dict) -> None:
+    events, done, errors = 0, False, []
+    try:
+        with httpx.stream("POST", node.url + "/v1/completions", timeout=120,
+                          json={"model": DEMO, "prompt": "hello", "max_tokens": max_tokens, "stream": True,
+                                "ignore_eos": True}) as r:
+            out["status"] = r.status_code
+            for line in r.iter_lines():
+                if line == "data: [DONE]":
+                    done = True
+                elif line.startswith("data: "):
+                    obj = json.loads(line[6:])
+                    if "error" in obj:
+                        errors.append(obj["error"])
+                    else:
+                        events += 1
+                out["events"] = events
+    except httpx.HTTPError as exc:
+        out["exc"] = repr(exc)
+    out.update(done=done, errors=errors)
+
+
+def test_d2_sigterm_drains_then_ends_the_rest_in_band(tmp_path, demo_model_dir):
+    node = NodeProcess(*vllm_node_args(demo_model_dir, "--shutdown-timeout", "2", "--state-dir", str(tmp_path)),
+                       log_path=tmp_path / "node.log")
+    try:
+        node.wait_ready()
+        short, long_ = {}, {}
+        threads = [threading.Thread(target=_stream, args=(node, 150, short)),
+                   threading.Thread(target=_stream, args=(node, 1000, long_))]
+        for t in threads:
+            t.start()
+        deadline = time.monotonic() + 30
+        while (short.get("events", 0) < 2 or long_.get("events", 0) < 2) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        node.proc.send_signal(signal.SIGTERM)
+        time.sleep(0.3)
+        assert httpx.get(node.url + "/ready", timeout=5).status_code == 503
+        r = httpx.post(node.url + "/v1/chat/completions", timeout=5,
+                       json={"model": DEMO, "messages": [{"role": "user", "content": "hi"}]})
+        assert r.status_code == 503 and r.json()["error"]["code"] in ("not_ready", "server_overloaded")
+        for t in threads:
+            t.join(60)
+        assert node.proc.wait(30) == 0
+        assert short["done"] and not short["errors"] and short["events"] >= 150 - 5  # drained to the end
+        assert not long_["done"] and long_["errors"], long_  # ended in band, no [DONE]
+        assert long_["errors"][0]["code"] == "server_shutting_down"
+    finally:
+        node.stop()
+
+
+def test_d3_engine_death_is_unhealthy_and_exits_nonzero(tmp_path, demo_model_dir):
+    node = NodeProcess(*vllm_node_args(demo_model_dir, "--state-dir", str(tmp_path)), log_path=tmp_path / "node.log")
+    try:
+        node.wait_ready()
+        children = node.child_pids()
+        assert children, "the engine core runs in a child process"
+        for pid in children:
+            os.kill(pid, signal.SIGKILL)
+        statuses = set()
+        deadline = time.monotonic() + 30
+        while node.proc.poll() is None and time.monotonic() < deadline:
+            try:
+                statuses.add(httpx.get(node.url + "/health", timeout=2).status_code)
+                r = httpx.post(node.url + "/v1/chat/completions", timeout=5,
+                               json={"model": DEMO, "messages": [{"role": "user", "content": "hi"}]})
+                assert r.status_code >= 500 and "error" in r.json()
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        assert node.proc.wait(30) != 0
+        assert 200 not in statuses or 503 in statuses or not statuses
+    finally:
+        node.stop()
