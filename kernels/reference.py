@@ -34,6 +34,27 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float,
     return weight * h.to(x.dtype), x
 
 
+def rotary_tables(positions: torch.Tensor, cos_sin: torch.Tensor,
+                  dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """Full-width cos and sin ``[T, 1, D]`` for the step's positions, in the activation dtype."""
+    half = cos_sin.shape[-1] // 2
+    cs = cos_sin[positions]
+    cos = torch.cat([cs[:, :half], cs[:, :half]], -1).to(dtype)[:, None, :]
+    sin = torch.cat([cs[:, half:], cs[:, half:]], -1).to(dtype)[:, None, :]
+    return cos, sin
+
+
+def apply_rotary(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor,
+                 sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    half = q.shape[-1] // 2
+
+    def rot(x: torch.Tensor) -> torch.Tensor:
+        x1, x2 = x[..., :half], x[..., half:]
+        return x * cos + torch.cat([-x2, x1], -1) * sin
+
+    return rot(q), rot(k)
+
+
 def rotary(q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor,
            cos_sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Rotate-half (GPT-NeoX / Hugging Face Llama) rotary embedding.
@@ -41,16 +62,8 @@ def rotary(q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor,
     q ``[T, Hq, D]``, k ``[T, Hk, D]``, positions ``[T]``, cos_sin ``[max_pos, D]`` fp32
     with cos in the first D/2 columns and sin in the rest.
     """
-    half = cos_sin.shape[-1] // 2
-    cs = cos_sin[positions]
-    cos = torch.cat([cs[:, :half], cs[:, :half]], -1).to(q.dtype)[:, None, :]
-    sin = torch.cat([cs[:, half:], cs[:, half:]], -1).to(q.dtype)[:, None, :]
-
-    def rot(x: torch.Tensor) -> torch.Tensor:
-        x1, x2 = x[..., :half], x[..., half:]
-        return x * cos + torch.cat([-x2, x1], -1) * sin
-
-    return rot(q), rot(k)
+    cos, sin = rotary_tables(positions, cos_sin, q.dtype)
+    return apply_rotary(q, k, cos, sin)
 
 
 def silu_and_mul(x: torch.Tensor) -> torch.Tensor:

@@ -34,11 +34,20 @@ def rms_norm(x, weight, eps, residual=None):
     return ref.rms_norm(x, weight, eps, residual)
 
 
-def rotary(q, k, positions, cos_sin):
+def rotary(q, k, positions, cos_sin, tables=None):
+    """``tables``: the step's (cos, sin) from ``rotary_tables``, shared by every layer on CPU."""
     if use_triton(q):
         from kernels.rotary import rotary as kr
         return kr(q, k, positions, cos_sin)
-    return ref.rotary(q, k, positions, cos_sin)
+    if tables is None:
+        return ref.rotary(q, k, positions, cos_sin)
+    return ref.apply_rotary(q, k, *tables)
+
+
+def rotary_tables(positions, cos_sin, dtype):
+    if positions.is_cuda and _triton_ok():
+        return None  # the Triton kernel reads cos_sin directly
+    return ref.rotary_tables(positions, cos_sin, dtype)
 
 
 def silu_and_mul(x):

@@ -103,13 +103,13 @@ class DecoderLayer(nn.Module):
         self.kv_size = cfg.num_kv_heads * cfg.head_dim
         self.scale = cfg.head_dim ** -0.5
 
-    def forward(self, x, residual, positions, cos_sin, kv: tuple[torch.Tensor, torch.Tensor],
-                meta: AttentionMetadata):
+    def forward(self, x, residual, positions, cos_sin, rope_tables,
+                kv: tuple[torch.Tensor, torch.Tensor], meta: AttentionMetadata):
         h, residual = self.input_layernorm(x, residual)
         qkv = self.qkv_proj(h)
         q, k, v = qkv.split([self.q_size, self.kv_size, self.kv_size], dim=-1)
         t, d = x.shape[0], self.cfg.head_dim
-        q, k = ops.rotary(q.reshape(t, -1, d), k.reshape(t, -1, d), positions, cos_sin)
+        q, k = ops.rotary(q.reshape(t, -1, d), k.reshape(t, -1, d), positions, cos_sin, rope_tables)
         v = v.reshape(t, -1, d)
         attn = paged_attention(q, k, v, kv[0], kv[1], meta, self.scale)
         h = self.o_proj(attn.reshape(t, self.q_size))
@@ -135,8 +135,9 @@ class LlamaForCausalLM(nn.Module):
         """Hidden states of the step's tokens; logits only at ``logits_indices``."""
         x = self.embed_tokens[input_ids]
         residual = None
+        tables = ops.rotary_tables(positions, self.cos_sin, x.dtype)
         for layer, kv in zip(self.layers, kv_caches):
-            x, residual = layer(x, residual, positions, self.cos_sin, kv, meta)
+            x, residual = layer(x, residual, positions, self.cos_sin, tables, kv, meta)
         x = x[logits_indices]
         residual = residual[logits_indices]
         h, _ = self.norm(x, residual)
