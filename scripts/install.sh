@@ -71,9 +71,9 @@ run "$PY" -m pip install --upgrade pip
 # (PyPI's default torch build carries the CUDA libraries: gigabytes a CPU box never uses).
 run "$PY" -m pip install "${index_args[@]}" "torch==$TORCH_VERSION"
 if [ "$EDITABLE" = 1 ]; then
-    run "$PY" -m pip install "${index_args[@]}" -e "$ROOT[$EXTRAS]"
+    run "$PY" -m pip install "${index_args[@]}" -e "${ROOT}[${EXTRAS}]"
 else
-    run "$PY" -m pip install "${index_args[@]}" "$ROOT[$EXTRAS]"
+    run "$PY" -m pip install "${index_args[@]}" "${ROOT}[${EXTRAS}]"
 fi
 # Their builds, pulled in by vLLM's requirements, are compiled against PyTorch's CUDA wheels
 # and break `import vllm` beside CPU torch; edgefleet needs none of them.

@@ -7,8 +7,10 @@ from __future__ import annotations
 import http.server
 import os
 import re
+import shutil
 import stat
 import subprocess
+import sys
 import threading
 import tomllib
 from pathlib import Path
@@ -18,6 +20,7 @@ import pytest
 from tests.deploy.helpers import ROOT
 
 SCRIPT = ROOT / "scripts" / "install.sh"
+VENV_BIN = Path(sys.executable).parent
 
 
 @pytest.fixture
@@ -44,6 +47,14 @@ def calls(log: Path) -> list[str]:
 def test_script_is_valid_bash_and_executable() -> None:
     assert subprocess.run(["bash", "-n", str(SCRIPT)]).returncode == 0
     assert SCRIPT.stat().st_mode & stat.S_IXUSR
+
+
+@pytest.mark.skipif(shutil.which("shellcheck") is None and not (VENV_BIN / "shellcheck").exists(),
+                    reason="shellcheck not installed (the test extra brings it)")
+def test_shellcheck_passes() -> None:
+    exe = shutil.which("shellcheck") or str(VENV_BIN / "shellcheck")
+    r = subprocess.run([exe, str(SCRIPT)], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stdout
 
 
 def test_installs_in_order_then_skips_until_something_changes(fake_venv: tuple[Path, Path]) -> None:
