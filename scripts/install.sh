@@ -57,8 +57,11 @@ if [ -n "$TORCH_INDEX" ]; then
     # A short probe: pip would otherwise retry an unreachable index for minutes before
     # falling back to its other sources.
     if "$PYTHON" - "$TORCH_INDEX" <<'EOF' 2>/dev/null; then
-import sys, urllib.request
-urllib.request.urlopen(urllib.request.Request(sys.argv[1] + "/", method="HEAD"), timeout=5)
+import sys, urllib.error, urllib.request
+try:
+    urllib.request.urlopen(urllib.request.Request(sys.argv[1] + "/", method="HEAD"), timeout=5)
+except urllib.error.HTTPError:
+    pass  # it answered (some servers refuse HEAD): reachable
 EOF
         index_args=(--extra-index-url "$TORCH_INDEX")
     else

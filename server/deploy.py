@@ -220,12 +220,25 @@ def _warnings(spec: UnitSpec) -> list[str]:
     out = []
     if spec.api_key_file and not Path(spec.api_key_file).is_file():
         out.append(f"{spec.api_key_file} does not exist yet: the service will not start until it does.")
+    if _needs_key_from_env(spec):
+        out.append(f"this {spec.kind} binds a non-loopback address with neither --api-key-file nor --insecure: "
+                   f"it starts only if {spec.environment_file} sets "
+                   f"{'EDGEFLEET_API_KEY' if spec.kind == 'node' else 'EDGEFLEET_ROUTER_API_KEY'}"
+                   f"{'' if spec.kind == 'node' else ' (or --fleet has [[keys]])'}.")
     exe = spec.exec_argv[0]
     home = str(Path.home())
     if exe.startswith("/root/") or (home != "/" and exe.startswith(home + "/")):
         out.append(f"{exe} is under a home directory: make sure the service user can read and run it "
                    "(ProtectHome=read-only keeps it readable, not its permissions).")
     return out
+
+
+def _needs_key_from_env(spec: UnitSpec) -> bool:
+    from server.config import is_loopback
+
+    flags = spec.flags
+    host = flags[flags.index("--host") + 1] if "--host" in flags else "127.0.0.1"
+    return not is_loopback(host) and spec.api_key_file is None and "--insecure" not in flags
 
 
 @click.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})

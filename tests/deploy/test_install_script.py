@@ -95,17 +95,21 @@ def test_a_failing_step_leaves_no_stamp(fake_venv: tuple[Path, Path]) -> None:
 
 
 class _Index(http.server.BaseHTTPRequestHandler):
+    status = 200
+
     def do_HEAD(self) -> None:  # noqa: N802
-        self.send_response(200)
+        self.send_response(self.status)
         self.end_headers()
 
     def log_message(self, *args) -> None:
         pass
 
 
-def test_torch_index_used_when_reachable_skipped_when_not(fake_venv: tuple[Path, Path]) -> None:
+@pytest.mark.parametrize("status", [200, 405])  # an index that refuses HEAD still answered
+def test_torch_index_used_when_reachable_skipped_when_not(fake_venv: tuple[Path, Path], status: int) -> None:
     venv, log = fake_venv
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Index)
+    handler = type("Index", (_Index,), {"status": status})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     url = f"http://127.0.0.1:{server.server_address[1]}/whl/cpu"
     try:

@@ -122,6 +122,14 @@ def test_invalid_flags_are_refused_by_the_real_command(kind: str, args: list[str
     assert r.exit_code == 2 and msg in r.output
 
 
+def test_warns_when_only_the_environment_file_can_supply_the_key() -> None:
+    r = run("node", "--host", "0.0.0.0")
+    assert r.exit_code == 0
+    assert "EDGEFLEET_API_KEY" in r.stderr and "/etc/edgefleet/node.env" in r.stderr
+    for args in (["--host", "127.0.0.1"], ["--host", "0.0.0.0", "--insecure"]):
+        assert "EDGEFLEET_API_KEY" not in run("node", *args).stderr
+
+
 def test_callers_environment_is_neither_checked_nor_captured() -> None:
     r = run("node", "--port", "9001", env={"EDGEFLEET_PORT": "not-a-port", "EDGEFLEET_API_KEY": SECRET})
     assert r.exit_code == 0, r.output
