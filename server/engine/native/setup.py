@@ -83,13 +83,16 @@ def build_engine(settings: Any, model_dir: Path, model_id: str,
     if progress:
         progress("loading tokenizer")
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+    # A second instance for the worker thread's detokenizer: a fast tokenizer mutates its
+    # Rust state on encode, and sharing one across threads can fail with "Already borrowed".
+    worker_tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
     loaded = load_model(model_dir, settings.dtype, settings.quantization, device,
                         settings.max_model_len, opts, progress)
     cfg = engine_config(settings, loaded, device)
     if progress:
         progress(f"allocating KV cache: {cfg.num_blocks} blocks of {cfg.block_size} tokens")
     runner = ModelRunner(loaded, cfg.num_blocks, cfg.block_size, device)
-    core = LLMEngine(runner, tokenizer, cfg, eos_ids(model_dir, tokenizer))
+    core = LLMEngine(runner, worker_tokenizer, cfg, eos_ids(model_dir, tokenizer))
     dtype = str(loaded.dtype).removeprefix("torch.")
     note = f"native engine on {device.type}"
     if loaded.quantization in ("int8", "int4"):
