@@ -69,6 +69,9 @@ def resolve_dtype(requested: str, cfg: dict[str, Any], device: torch.device) -> 
 def plan_quantization(requested: str | None, cfg: dict[str, Any], options: dict[str, Any]) -> QuantPlan:
     qc = cfg.get("quantization_config") or {}
     ckpt = (qc.get("quant_method") or "").lower() or None
+    requested = (requested or "").lower() or None
+    if requested in ("none", "auto"):  # "auto" left unresolved by the node: the checkpoint's own
+        requested = None
     if ckpt and ckpt not in PREQUANTIZED:
         raise ValueError(f"checkpoint quantization {ckpt!r} is not supported by the native engine")
     if ckpt:
