@@ -14,6 +14,7 @@ pair") and their median reported.
 from __future__ import annotations
 
 import asyncio
+import gc
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
@@ -132,10 +133,17 @@ async def run_benchmark_async(
         for ep in endpoints:
             await _warmup(client, ep, workload, tokenizer)
         runs: list[list[_Run]] = [[] for _ in endpoints]
-        with _progress(progress, len(endpoints) * rounds * workload.units) as advance:
-            for _ in range(rounds):
-                for i, ep in enumerate(endpoints):
-                    runs[i].append(await _run_once(client, ep, workload, tokenizer, advance))
+        # A full collection over a heap holding a tokenizer takes tens of ms and would stall
+        # every stream in flight; freeze what exists now (as vLLM's bench does).
+        gc.collect()
+        gc.freeze()
+        try:
+            with _progress(progress, len(endpoints) * rounds * workload.units) as advance:
+                for _ in range(rounds):
+                    for i, ep in enumerate(endpoints):
+                        runs[i].append(await _run_once(client, ep, workload, tokenizer, advance))
+        finally:
+            gc.unfreeze()
     finally:
         if own:
             await client.aclose()
