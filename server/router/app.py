@@ -8,18 +8,20 @@ the fleet view (``/v1/fleet``, ``/v1/fleet/pick``), ``/v1/usage``, ``/health``, 
 
 from __future__ import annotations
 
+import logging
 import time
 from contextlib import asynccontextmanager
 from typing import Any
 
 import httpx
 from fastapi import FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from mcp.server.transport_security import TransportSecuritySettings
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from server import __version__
-from server.api.errors import NotFound, install_handlers
+from server.api.errors import ApiError, InternalError, NotFound, error_response, install_handlers, validation_error
 from server.api.protocol import ChatCompletionRequest, CompletionRequest
 from server.api.security import SecurityMiddleware
 from server.config import is_loopback
@@ -28,6 +30,9 @@ from server.router.core import Router
 from server.router.mcp_tools import build_mcp
 from server.router.policy import estimate
 from server.router.proxy import forward
+
+
+log = logging.getLogger("edgefleet.router")
 
 
 class RouterHeader:
@@ -49,6 +54,33 @@ class RouterHeader:
             await send(message)
 
         await self.app(scope, receive, send_with_header)
+
+
+class FastPath:
+    """The two proxy routes, served without FastAPI's routing and middleware layers: on the
+    hot path every layer costs per request and again per relayed chunk. Errors are rendered
+    exactly as the app's exception handlers do."""
+
+    def __init__(self, app: ASGIApp, router: Router):
+        self.app = app
+        self.router = router
+        self.routes = {"/v1/chat/completions": ChatCompletionRequest, "/v1/completions": CompletionRequest}
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        schema = self.routes.get(scope["path"]) if scope["type"] == "http" else None
+        if schema is None or scope["method"] != "POST":
+            await self.app(scope, receive, send)
+            return
+        try:
+            response = await forward(self.router, Request(scope, receive), scope["path"], schema)
+        except ApiError as err:
+            response = error_response(err)
+        except RequestValidationError as exc:
+            response = error_response(validation_error(exc))
+        except Exception:
+            log.exception("unhandled error in the proxy path")
+            response = error_response(InternalError("Internal server error."))
+        await response(scope, receive, send)
 
 
 class LocalBackend:
@@ -184,7 +216,7 @@ def create_app(settings: RouterSettings) -> tuple[ASGIApp, Router]:
     inner.router.routes.extend(mcp_app.routes)
 
     app = SecurityMiddleware(
-        RouterHeader(inner), keys=settings.keys, loopback_bind=is_loopback(settings.host),
+        RouterHeader(FastPath(inner, router)), keys=settings.keys, loopback_bind=is_loopback(settings.host),
         allowed_hosts=settings.allowed_hosts, allowed_origins=settings.allowed_origins,
         max_body_bytes=settings.max_body_bytes)
     return app, router
