@@ -84,8 +84,14 @@ class VllmEngine:
         from vllm.platforms import current_platform
 
         s = self.settings
+        dtype = s.dtype
+        if dtype == "auto" and self.random_weights:
+            # Random-weight demo/test models are float32 on disk; keep them there. (vLLM's
+            # "auto" downcasts to bf16 on CPUs that claim bf16 support, and some virtual
+            # machines claim it without delivering it: the worker dies with SIGILL.)
+            dtype = "float32"
         kwargs: dict[str, Any] = dict(
-            model=self.model_dir, served_model_name=[self.model_id], dtype=s.dtype,
+            model=self.model_dir, served_model_name=[self.model_id], dtype=dtype,
             quantization=s.quantization if s.quantization not in (None, "auto", "none") else None,
             max_model_len=s.max_model_len, enforce_eager=s.enforce_eager, max_num_seqs=s.max_num_seqs,
             disable_log_stats=False, trust_remote_code=False, seed=0,

@@ -1,0 +1,108 @@
+"""The capacity document and /metrics on a real node under load."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from server.capacity.schema import SCHEMA_VERSION, Capacity
+from tests.conftest import DEMO
+
+pytestmark = pytest.mark.e2e
+
+
+def cap(node, **params) -> dict:
+    r = httpx.get(node.url + "/v1/capacity", headers=node.headers, params=params, timeout=10)
+    assert r.status_code == 200
+    Capacity.model_validate(r.json())  # the document matches its schema
+    return r.json()
+
+
+def test_identity_models_and_cpu_accelerator(node):
+    doc = cap(node)
+    assert doc["schema_version"] == SCHEMA_VERSION
+    ident = doc["identity"]
+    assert ident["name"] == "e2e-node" and ident["zone"] == "test" and ident["labels"] == {"rack": "1"}
+    assert ident["engine"] == "vllm" and ident["simulated"] is False and len(ident["node_id"]) >= 8
+    assert doc["state"] == "ready"
+    (model,) = doc["models"]
+    assert model["id"] == DEMO and model["max_model_len"] == 1024 and model["random_weights"] is True
+    assert doc["cpu_only"] is True
+    (acc,) = doc["accelerators"]
+    assert acc["kind"] == "cpu" and acc["memory_total_bytes"] > 0
+    assert doc["load"]["kv_total_tokens"] > 0 and doc["load"]["max_concurrent_sequences"] == 4
+
+
+def test_capacity_moves_under_load_and_settles(node):
+    before = cap(node)
+    stop = threading.Event()
+
+    def load():
+        with httpx.stream("POST", node.url + "/v1/completions", headers=node.headers, timeout=120,
+                          json={"model": DEMO, "prompt": "hello " * 50, "max_tokens": 300, "stream": True,
+                                "ignore_eos": True}) as r:
+            for _ in r.iter_lines():
+                if stop.is_set():
+                    return
+
+    threads = [threading.Thread(target=load) for _ in range(3)]
+    for t in threads:
+        t.start()
+    busy = None
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        doc = cap(node)
+        if doc["load"]["running"] >= 3:
+            busy = doc
+            break
+        time.sleep(0.05)
+    for t in threads:
+        t.join(120)
+    assert busy is not None, "running count never reached 3"
+    assert busy["idle"] is False and busy["load"]["kv_cache_usage"] > 0
+    assert busy["load"]["kv_free_tokens"] < busy["load"]["kv_total_tokens"]
+    assert busy["admission"]["in_flight"] == 3
+    time.sleep(0.5)
+    after = cap(node, prompt_tokens=100, max_tokens=10)
+    assert after["idle"] is True and after["load"]["running"] == 0
+    perf = after["performance"]
+    assert perf["requests"] >= before["performance"]["requests"] + 3
+    assert perf["ttft_p50_ms"] > 0 and perf["tpot_p50_ms"] > 0 and perf["prefill_tokens_per_s"] > 0
+    pred = after["prediction"]
+    assert pred["would_admit"] is True and pred["predicted_ttft_ms"] > 0 and "recent window" in pred["reason"]
+    refuse = cap(node, prompt_tokens=1000, max_tokens=100)["prediction"]
+    assert refuse["would_admit"] is False and "max_model_len" in refuse["reason"]
+
+
+def test_metrics_parse_with_vllm_names(node):
+    httpx.post(node.url + "/v1/completions", headers=node.headers, timeout=60,
+               json={"model": DEMO, "prompt": "hi", "max_tokens": 5})
+    text = httpx.get(node.url + "/metrics", headers=node.headers, timeout=10).text
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    for name in ("vllm:num_requests_running", "vllm:num_requests_waiting", "vllm:kv_cache_usage_perc",
+                 "vllm:time_to_first_token_seconds", "vllm:inter_token_latency_seconds",
+                 "vllm:e2e_request_latency_seconds", "edgefleet_node_state",
+                 "edgefleet_accelerator_memory_total_bytes"):
+        assert name in families, name
+    ttft_count = [s.value for s in families["vllm:time_to_first_token_seconds"].samples
+                  if s.name.endswith("_count")]
+    assert ttft_count and ttft_count[0] >= 1
+    state = {s.labels["state"]: s.value for s in families["edgefleet_node_state"].samples}
+    assert state["ready"] == 1 and state["draining"] == 0
+
+
+def test_capacity_cli_prints_readably(node):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    exe = Path(sys.executable).parent / "edgefleet"
+    out = subprocess.run([str(exe), "capacity", node.url, "--api-key", node.api_key, "--prompt-tokens", "50"],
+                         capture_output=True, text=True, timeout=60, env={"COLUMNS": "160", "PATH": "/usr/bin"})
+    assert out.returncode == 0, out.stderr
+    assert "e2e-node" in out.stdout and DEMO in out.stdout and "random weights" in out.stdout
+    assert "would admit" in out.stdout
