@@ -89,15 +89,17 @@ def test_image_and_router_healthchecks_track_readiness(tmp_path: Path) -> None:
         router_check = [sys.executable, *svc["healthcheck"]["test"][2:]]
         wait_probe(router_check, {"EDGEFLEET_ROUTER_PORT": str(router_port)}, router)
     finally:
-        if router is not None:
-            # uvicorn re-raises SIGTERM after its graceful shutdown; systemd counts death by
-            # SIGTERM as a clean exit (no restart), docker reports 143.
-            assert stop(router, 15) in (0, -signal.SIGTERM), (tmp_path / "router.log").read_text()[-2000:]
-        # SIGTERM drains and exits 0, well inside compose's stop_grace_period
+        # Stop both before asserting anything, so a failure never leaves a process behind.
+        router_rc = stop(router, 15) if router is not None else 0
         t0 = time.monotonic()
-        rc = stop(node, 45)
-        assert rc == 0, (tmp_path / "node.log").read_text()[-2000:]
-        assert time.monotonic() - t0 < 30
+        node_rc = stop(node, 45)
+        node_stop_s = time.monotonic() - t0
+    # uvicorn re-raises SIGTERM after its graceful shutdown; systemd counts death by SIGTERM
+    # as a clean exit (no restart), docker reports 143.
+    assert router_rc in (0, -signal.SIGTERM), (tmp_path / "router.log").read_text()[-2000:]
+    # SIGTERM drains and exits 0, well inside compose's stop_grace_period
+    assert node_rc == 0, (tmp_path / "node.log").read_text()[-2000:]
+    assert node_stop_s < 30
     assert probe(check, port_env) != 0, "stopped: unhealthy again"
 
 
