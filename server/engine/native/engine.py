@@ -137,10 +137,10 @@ class NativeEngine:
                             return
                 except queue.Empty:
                     pass
-                if self.core.has_work():
-                    for rid, delta in self.core.step():
-                        self._deliver(rid, delta)
-                self._publish_stats()
+                outputs = self.core.step() if self.core.has_work() else []
+                self._publish_stats()  # before delivering: a client never sees older stats
+                for rid, delta in outputs:
+                    self._deliver(rid, delta)
         except BaseException as e:  # noqa: BLE001 - the engine is gone; tell everyone
             log.exception("native engine died")
             self._dead = e
