@@ -42,7 +42,7 @@ def _pairs(values: tuple[str, ...], what: str) -> dict[str, Any]:
 
 def opt(*names: str, env: str | None = None, **kw: Any):
     """An option that also reads EDGEFLEET_<NAME> from the environment."""
-    long = next(n for n in names if n.startswith("--"))
+    long = next(n for n in names if n.startswith("--")).split("/")[0]  # "--x/--no-x" -> "--x"
     envvar = env or "EDGEFLEET_" + long[2:].upper().replace("-", "_")
     kw.setdefault("show_envvar", True)
     return click.option(*names, envvar=envvar, **kw)
