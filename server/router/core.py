@@ -41,6 +41,12 @@ class UpstreamError(ApiError):
     code = "upstream_error"
 
 
+class UpstreamTimeout(ApiError):
+    status_code = 504
+    type = "server_error"
+    code = "upstream_timeout"
+
+
 @dataclass(slots=True)
 class Attempt:
     node: str
@@ -137,9 +143,15 @@ class Router:
     # --- dispatching -----------------------------------------------------------------
 
     async def open_upstream(self, path: str, body: bytes, ranked: list[Estimate], request_id: str,
-                            attempts: list[Attempt]) -> tuple[Node, httpx.Response]:
+                            attempts: list[Attempt], stream: bool = True) -> tuple[Node, httpx.Response]:
         """Send to the best node that answers; fail over on connect errors, first-byte
-        timeouts and 503/429. The caller must close the response and call ``node.on_done()``."""
+        timeouts and 503/429. The caller must close the response and call ``node.on_done()``.
+
+        A node answers a streaming request with headers at its first token, so a silent node
+        is detected after ``first_byte_timeout``. A non-streaming answer has headers only when
+        the generation is done: waiting longer proves nothing, and retrying could run the
+        generation twice, so those wait up to ``read_timeout`` and are not retried on timeout.
+        """
         assert self.client is not None
         s = self.settings
         deadline = time.monotonic() + s.total_deadline
@@ -151,13 +163,19 @@ class Router:
                 break
             node = est.node
             headers = {"content-type": "application/json", "x-request-id": request_id, **node.auth_headers}
-            timeout = httpx.Timeout(min(s.first_byte_timeout, remaining), connect=min(s.connect_timeout, remaining))
+            first_byte = min(s.first_byte_timeout, remaining) if stream else s.read_timeout
+            timeout = httpx.Timeout(first_byte, connect=min(s.connect_timeout, remaining))
             request = self.client.build_request("POST", node.url + path, content=body, headers=headers, timeout=timeout)
             node.on_dispatch()
             try:
                 resp = await self.client.send(request, stream=True)
+            except httpx.ConnectTimeout:
+                self._failed(node, attempts, "connect_timeout", trip=False)
+                continue
             except httpx.TimeoutException:
                 self._failed(node, attempts, "timeout", trip=False)
+                if not stream:
+                    raise UpstreamTimeout("The node did not answer in time.") from None
                 continue
             except httpx.TransportError:
                 self._failed(node, attempts, "connect_error", trip=True)

@@ -9,9 +9,12 @@ line exactly once.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import time
-from typing import Any
+from collections.abc import Awaitable
+from typing import Any, TypeVar
 
 import anyio
 import httpx
@@ -27,7 +30,12 @@ from server.router.core import Attempt, Router, new_request_id
 from server.router.limits import KeyUsage, Limited
 from server.router.registry import Node
 
-CHARS_PER_TOKEN = 4  # prompt-length estimate for scoring; the node counts exactly
+CHARS_PER_TOKEN = 4
+T = TypeVar("T")
+
+
+class _ClientGone(Exception):
+    pass  # prompt-length estimate for scoring; the node counts exactly
 
 
 def parse_body(raw: bytes, model: type[ChatCompletionRequest] | type[CompletionRequest]) -> tuple[dict, Any]:
@@ -221,7 +229,12 @@ async def forward(router: Router, request: Request, path: str,
         ranked = router.candidates(req.model, prompt_tokens, max_tokens,
                                    zone=request.headers.get("x-edgefleet-zone"),
                                    pin=request.headers.get("x-edgefleet-node"))
-        ex.node, ex.resp = await router.open_upstream(path, raw, ranked, ex.request_id, ex.attempts)
+        ex.node, ex.resp = await _unless_disconnected(
+            request, router.open_upstream(path, raw, ranked, ex.request_id, ex.attempts, stream=req.stream))
+    except _ClientGone:
+        ex.status, ex.error = 499, "client_disconnected"
+        await ex.finish()
+        return Response(status_code=499)
     except ApiError as err:
         ex.status, ex.error = err.status_code, err.code
         await ex.finish()
@@ -240,13 +253,41 @@ async def forward(router: Router, request: Request, path: str,
         headers["cache-control"] = "no-cache"
         headers["x-accel-buffering"] = "no"
         return RelayResponse(ex, headers)
-    return await _whole(ex, headers)
+    return await _whole(request, ex, headers)
 
 
-async def _whole(ex: Exchange, headers: dict[str, str]) -> Response:
+async def _unless_disconnected(request: Request, work: Awaitable[T]) -> T:
+    """Await ``work`` unless the client leaves first (then cancel it and raise _ClientGone)."""
+    task = asyncio.ensure_future(work)
+
+    async def disconnected() -> None:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+
+    watch = asyncio.ensure_future(disconnected())
+    try:
+        done, _ = await asyncio.wait({task, watch}, return_when=asyncio.FIRST_COMPLETED)
+    except BaseException:
+        task.cancel()
+        raise
+    finally:
+        watch.cancel()
+    if task in done:
+        return task.result()
+    task.cancel()
+    with contextlib.suppress(BaseException):
+        await task
+    raise _ClientGone
+
+
+async def _whole(request: Request, ex: Exchange, headers: dict[str, str]) -> Response:
     assert ex.resp is not None and ex.node is not None
     try:
-        body = await ex.resp.aread()
+        body = await _unless_disconnected(request, ex.resp.aread())
+    except _ClientGone:
+        ex.status, ex.error = 499, "client_disconnected"
+        await ex.finish()  # closing the upstream makes the node abort the generation (C4)
+        return Response(status_code=499)
     except (httpx.TransportError, httpx.StreamError):
         ex.node.breaker.trip(time.monotonic())
         ex.status, ex.error = 502, "upstream_error"

@@ -104,8 +104,10 @@ def test_node_that_accepts_tcp_but_never_answers(launcher, backup):
         t.start()
         t0 = time.monotonic()
         r = httpx.post(router.url + "/v1/chat/completions", json={"model": "sim-model", "messages": MSG,
-                       "max_tokens": 2}, headers={"X-Edgefleet-Zone": "z3"}, timeout=20, trust_env=False)
+                       "max_tokens": 2, "stream": True}, headers={"X-Edgefleet-Zone": "z3"}, timeout=20,
+                       trust_env=False)
         elapsed = time.monotonic() - t0
+        assert r.text.rstrip().endswith("data: [DONE]")
         t.join()
         assert r.status_code == 200 and r.headers["x-edgefleet-node"] == "backup"
         assert 1.4 <= elapsed < 5.0
@@ -261,3 +263,15 @@ def test_full_real_node_503_moves_request(launcher, backup):
                        headers={"X-Edgefleet-Zone": "z9"}, timeout=20, trust_env=False)
         assert r.status_code == 200 and r.headers["x-edgefleet-node"] == "backup"
     assert audit(launcher, "r9")[-1]["attempts"] == ["full9:http_503", "backup:ok"]
+
+
+def test_client_disconnect_during_non_streaming_call(launcher):
+    """C4 through the router: a client that leaves a non-streaming call frees the node."""
+    (node,) = start_nodes(launcher, ("cancel10", [], {"decode_ms": 10}))
+    router = launcher.router("--node", node.url, "--poll-interval", "0.2", name="r10")
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(router.url + "/v1/chat/completions", json={"model": "sim-model", "messages": MSG,
+                   "max_tokens": 3000}, timeout=httpx.Timeout(10, read=0.5), trust_env=False)
+    running = lambda: httpx.get(node.url + "/v1/capacity", trust_env=False).json()["load"]["running"]  # noqa: E731
+    assert wait_until(lambda: running() == 0, timeout=5)
+    assert wait_until(lambda: node_view(router, "cancel10")["inflight"] == 0, timeout=5)
