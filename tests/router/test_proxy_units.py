@@ -1,0 +1,55 @@
+"""In-process pieces of the proxy path: body parsing, prompt estimate, audit redaction, fleet table."""
+
+import json
+
+import pytest
+from fastapi.exceptions import RequestValidationError
+
+from server.api.errors import InvalidRequest
+from server.api.protocol import ChatCompletionRequest, CompletionRequest
+from server.router.audit import AuditLog, redact
+from server.router.cli import fleet_table
+from server.router.proxy import estimate_prompt_tokens, parse_body
+
+
+def test_parse_body_rejects_bad_json_shapes():
+    for raw in (b"{", b"[]", b"\xff\xfe", b"[" * 100000 + b"]" * 100000):
+        with pytest.raises(InvalidRequest):
+            parse_body(raw, ChatCompletionRequest)
+    with pytest.raises(RequestValidationError):
+        parse_body(b'{"model": "m", "messages": [{"role": "user", "content": "x"}], "temperature": NaN}',
+                   ChatCompletionRequest)
+    with pytest.raises(RequestValidationError):
+        parse_body(b'{"model": "m", "prompt": "x", "base_url": "http://elsewhere"}', CompletionRequest)
+    obj, req = parse_body(b'{"model": "m", "prompt": "hello"}', CompletionRequest)
+    assert obj["prompt"] == "hello" and req.model == "m"
+
+
+def test_prompt_estimate():
+    _, chat = parse_body(json.dumps({"model": "m", "messages": [{"role": "user", "content": "x" * 4000}]}).encode(),
+                         ChatCompletionRequest)
+    assert 1000 <= estimate_prompt_tokens(chat) <= 1010
+    _, ids = parse_body(b'{"model": "m", "prompt": [1, 2, 3]}', CompletionRequest)
+    assert estimate_prompt_tokens(ids) == 3
+
+
+def test_audit_redacts_and_omits_prompts(tmp_path):
+    path = tmp_path / "a.jsonl"
+    log = AuditLog(str(path), log_prompts=False)
+    log.write({"request_id": "r1"}, prompt=[{"role": "user", "content": "secret prompt"}])
+    log.close()
+    assert "secret prompt" not in path.read_text()
+    assert redact({"Authorization": "Bearer x", "a": [{"api_key": "k"}]}) == {
+        "Authorization": "[redacted]", "a": [{"api_key": "[redacted]"}]}
+
+
+def test_fleet_table_renders():
+    from rich.console import Console
+
+    doc = {"policy": "nearest_idle", "score": "s", "nodes": [
+        {"name": "a", "url": "http://a:1", "zone": None, "health": "open", "simulated": True, "capacity": None,
+         "rtt_ms": None, "score_ms": None, "inflight": 0}]}
+    console = Console(record=True, width=200)
+    console.print(fleet_table(doc))
+    text = console.export_text()
+    assert "a (sim)" in text and "open" in text
