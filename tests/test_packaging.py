@@ -44,3 +44,22 @@ def test_non_loopback_bind_without_key_is_refused():
     r = subprocess.run([str(exe), "serve", "--host", "0.0.0.0", "--port", "1"], capture_output=True, text=True,
                        timeout=60)
     assert r.returncode != 0 and "without an API key" in r.stderr
+
+
+def test_insecure_non_loopback_bind_prints_a_banner(tmp_path):
+    from tests.nodeproc import free_port
+
+    exe = Path(sys.executable).parent / "edgefleet"
+    proc = subprocess.Popen([str(exe), "serve", "--engine", "sim", "--host", "0.0.0.0", "--port", str(free_port()),
+                             "--insecure", "--state-dir", str(tmp_path)],
+                            stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+    try:
+        seen = ""
+        for line in proc.stderr:
+            seen += line
+            if "INSECURE" in seen and "NO API key" in seen:
+                break
+        assert "INSECURE" in seen and "NO API key" in seen
+    finally:
+        proc.kill()
+        proc.wait(10)
