@@ -15,6 +15,7 @@ import argparse
 import asyncio
 import json
 import os
+import secrets
 import shutil
 import socket
 import subprocess
@@ -67,7 +68,7 @@ def spawn(args: list[str], name: str, logdir: Path, ready_path: str, timeout: fl
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if popen.poll() is not None:
-            raise RuntimeError(f"{name} exited: see {logdir / (name + '.log')}")
+            raise RuntimeError(f"{name} exited:\n" + (logdir / f"{name}.log").read_text()[-2000:])
         try:
             if httpx.get(proc.url + ready_path, timeout=1, trust_env=False).status_code == 200:
                 return proc
@@ -75,7 +76,7 @@ def spawn(args: list[str], name: str, logdir: Path, ready_path: str, timeout: fl
             pass
         time.sleep(0.2)
     proc.stop()
-    raise RuntimeError(f"{name} not ready after {timeout} s: see {logdir / (name + '.log')}")
+    raise RuntimeError(f"{name} not ready after {timeout} s:\n" + (logdir / f"{name}.log").read_text()[-2000:])
 
 
 def sim_node(name: str, logdir: Path, opts: dict, extra: list[str] = ()) -> Proc:
@@ -95,10 +96,12 @@ def router(nodes: list[str], logdir: Path, extra: list[str] = (), name: str = "r
     return spawn(args, name, logdir, "/ready", url=f"http://127.0.0.1:{port}")
 
 
-def litellm_proxy(binary: str, node_url: str, logdir: Path) -> Proc:
+def litellm_proxy(binary: str, node_url: str, logdir: Path, master_key: str) -> Proc:
     port = free_port()
     cfg = logdir / "litellm.yaml"
-    cfg.write_text(f"""model_list:
+    cfg.write_text(f"""general_settings:
+  master_key: {master_key}
+model_list:
   - model_name: {MODEL}
     litellm_params:
       model: openai/{MODEL}
@@ -159,14 +162,15 @@ async def run(args: argparse.Namespace) -> dict:
                                          "decode_ms_per_seq": 0.0, "max_num_seqs": 256},
                         extra=["--max-num-seqs", "256"])
         procs.append(node)
-        rt = router([node.url], logdir, ["--poll-interval", "1"])
+        # Both proxies check a client key, as they would in use.
+        key = "sk-" + secrets.token_hex(24)
+        rt = router([node.url], logdir, ["--poll-interval", "1", "--api-key", key])
         procs.append(rt)
         eps = [Endpoint(node.url, MODEL, label="direct", backend="openai-chat"),
-               Endpoint(rt.url, MODEL, label="edgefleet-router", backend="openai-chat")]
+               Endpoint(rt.url, MODEL, label="edgefleet-router", backend="openai-chat", api_key=key)]
         if args.litellm:
-            procs.append(litellm_proxy(args.litellm, node.url, logdir))
-            eps.append(Endpoint(procs[-1].url, MODEL, label="litellm-proxy", backend="openai-chat",
-                                api_key="none"))
+            procs.append(litellm_proxy(args.litellm, node.url, logdir, key))
+            eps.append(Endpoint(procs[-1].url, MODEL, label="litellm-proxy", backend="openai-chat", api_key=key))
         client = make_client(args.concurrency * 2)
         await sequential(client, eps, 20, args.output_len)  # warm up pools and code paths
         seq = await sequential(client, eps, args.requests, args.output_len)
