@@ -23,8 +23,25 @@ def _load_config(ctx: click.Context, _param: click.Parameter, value: str | None)
             data = load_toml(value)
         except (OSError, ValueError) as exc:
             raise click.BadParameter(f"cannot read config file: {exc}") from None
-        ctx.default_map = {**(ctx.default_map or {}), **data}
+        ctx.default_map = {**(ctx.default_map or {}), **_toml_to_params(data)}
     return value
+
+
+# Repeatable flags whose parameter name differs from the flag's.
+_PLURALS = {"label": "labels", "allowed_host": "allowed_hosts", "allowed_origin": "allowed_origins",
+            "engine_option": "engine_options"}
+
+
+def _toml_to_params(data: dict[str, Any]) -> dict[str, Any]:
+    """TOML keys are flag names (``label``) or parameter names (``labels``); tables such as
+    ``[labels]`` become the KEY=VALUE items the flags take."""
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        key = _PLURALS.get(key, key)
+        if isinstance(value, dict):
+            value = [f"{k}={json.dumps(v) if not isinstance(v, str) else v}" for k, v in value.items()]
+        out[key] = value
+    return out
 
 
 def _pairs(values: tuple[str, ...], what: str) -> dict[str, Any]:
