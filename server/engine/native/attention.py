@@ -29,14 +29,32 @@ class AttentionMetadata:
     num_decodes: int = 0
     block_tables: torch.Tensor | None = None  # [num_decodes, max_blocks]
     context_lens: torch.Tensor | None = None  # [num_decodes]
+    decode_mask: torch.Tensor | None = None  # [num_decodes, 1, 1, max_blocks * block_size]
     prefills: list[PrefillChunk] = field(default_factory=list)
 
 
-def write_kv(k_cache: torch.Tensor, v_cache: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-             slot_mapping: torch.Tensor) -> None:
-    nb, bs, hk, d = k_cache.shape
-    k_cache.view(nb * bs, hk, d).index_copy_(0, slot_mapping, k)
-    v_cache.view(nb * bs, hk, d).index_copy_(0, slot_mapping, v)
+def write_kv(kv_cache: torch.Tensor, k: torch.Tensor, v: torch.Tensor, slot_mapping: torch.Tensor) -> None:
+    _, nb, bs, hk, d = kv_cache.shape
+    flat = kv_cache.view(2, nb * bs, hk, d)
+    flat[0].index_copy_(0, slot_mapping, k)
+    flat[1].index_copy_(0, slot_mapping, v)
+
+
+def _decode_cpu(q: torch.Tensor, kv_cache: torch.Tensor, meta: AttentionMetadata, scale: float) -> torch.Tensor:
+    """The reference's math with one gather for K and V and the step's shared mask."""
+    b, hq, d = q.shape
+    hk = kv_cache.shape[3]
+    kv = kv_cache[:, meta.block_tables].view(2, b, -1, hk, d).transpose(2, 3)
+    out = F.scaled_dot_product_attention(q[:, :, None, :], kv[0], kv[1], attn_mask=meta.decode_mask,
+                                         scale=scale, enable_gqa=hq != hk)
+    return out[:, :, 0, :]
+
+
+def _decode(q, kv_cache, meta: AttentionMetadata, scale: float) -> torch.Tensor:
+    if ops.use_triton(q):
+        return ops.paged_attention_decode(q, kv_cache[0], kv_cache[1], meta.block_tables,
+                                          meta.context_lens, scale)
+    return _decode_cpu(q, kv_cache, meta, scale)
 
 
 def _prefill(q, k, v, k_cache, v_cache, p: PrefillChunk, scale: float) -> torch.Tensor:
@@ -59,18 +77,16 @@ def _prefill(q, k, v, k_cache, v_cache, p: PrefillChunk, scale: float) -> torch.
     return out[0].transpose(0, 1)
 
 
-def paged_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor,
-                    v_cache: torch.Tensor, meta: AttentionMetadata, scale: float) -> torch.Tensor:
+def paged_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_cache: torch.Tensor,
+                    meta: AttentionMetadata, scale: float) -> torch.Tensor:
     """q ``[T, Hq, D]``, k/v ``[T, Hk, D]`` (already rotated) -> ``[T, Hq, D]``."""
-    write_kv(k_cache, v_cache, k, v, meta.slot_mapping)
+    write_kv(kv_cache, k, v, meta.slot_mapping)
     nd = meta.num_decodes
     if nd and not meta.prefills:
-        return ops.paged_attention_decode(q, k_cache, v_cache, meta.block_tables,
-                                          meta.context_lens, scale)
+        return _decode(q, kv_cache, meta, scale)
     out = torch.empty_like(q)
     if nd:
-        out[:nd] = ops.paged_attention_decode(q[:nd], k_cache, v_cache, meta.block_tables,
-                                              meta.context_lens, scale)
+        out[:nd] = _decode(q[:nd], kv_cache, meta, scale)
     for p in meta.prefills:
-        out[p.q_start:p.q_start + p.q_len] = _prefill(q, k, v, k_cache, v_cache, p, scale)
+        out[p.q_start:p.q_start + p.q_len] = _prefill(q, k, v, kv_cache[0], kv_cache[1], p, scale)
     return out

@@ -1,7 +1,8 @@
 """The one place where Python lists become tensors: batch -> model inputs -> sampled tokens.
 
-KV cache: per layer a (K, V) pair of ``[num_blocks, block_size, num_kv_heads, head_dim]``
-tensors (see ``kernels/reference.py`` for the layout).
+KV cache: per layer one tensor ``[2, num_blocks, block_size, num_kv_heads, head_dim]``,
+K then V (each half has the layout of ``kernels/reference.py``), so that CPU decode gathers
+a sequence's K and V blocks in one indexing op.
 """
 
 from __future__ import annotations
@@ -28,9 +29,8 @@ class ModelRunner:
         self.device = torch.device(device)
         self.block_size = block_size
         c = loaded.config
-        shape = (num_blocks, block_size, c.num_kv_heads, c.head_dim)
-        self.kv_caches = [(torch.zeros(shape, dtype=loaded.dtype, device=self.device),
-                           torch.zeros(shape, dtype=loaded.dtype, device=self.device))
+        shape = (2, num_blocks, block_size, c.num_kv_heads, c.head_dim)
+        self.kv_caches = [torch.zeros(shape, dtype=loaded.dtype, device=self.device)
                           for _ in range(c.num_layers)]
 
     def _tensor(self, data, dtype=torch.long) -> torch.Tensor:
@@ -65,6 +65,8 @@ class ModelRunner:
             width = max(len(t) for t in decode_tables)
             meta.block_tables = self._tensor([t + [0] * (width - len(t)) for t in decode_tables])
             meta.context_lens = self._tensor(decode_lens)
+            span = torch.arange(width * bs, device=self.device)
+            meta.decode_mask = (span[None, :] < meta.context_lens[:, None])[:, None, None, :]
         return self._tensor(ids), self._tensor(positions), meta, self._tensor(logits_rows), sampled
 
     @torch.inference_mode()

@@ -44,6 +44,16 @@ def rotary(q, k, positions, cos_sin, tables=None):
     return ref.apply_rotary(q, k, *tables)
 
 
+def rotary_qk(qk, num_q_heads, positions, cos_sin, tables=None):
+    """Rotary on q and k packed as ``[T, Hq + Hk, D]`` (one pass on CPU); returns (q, k)."""
+    if tables is None or use_triton(qk):
+        return rotary(qk[:, :num_q_heads], qk[:, num_q_heads:], positions, cos_sin, tables)
+    cos, sin = tables
+    half = qk.shape[-1] // 2
+    rotated = qk * cos + torch.cat([-qk[..., half:], qk[..., :half]], -1) * sin
+    return rotated[:, :num_q_heads], rotated[:, num_q_heads:]
+
+
 def rotary_tables(positions, cos_sin, dtype):
     if positions.is_cuda and _triton_ok():
         return None  # the Triton kernel reads cos_sin directly

@@ -41,10 +41,26 @@ def eos_ids(model_dir: Path, tokenizer: Any) -> set[int]:
     return ids
 
 
+def sliding_window(hf: dict[str, Any]) -> int | None:
+    """The attention window when one applies (Mistral; Qwen2 with use_sliding_window)."""
+    window = hf.get("sliding_window")
+    if not window:
+        return None
+    if hf.get("model_type") == "qwen2" and not hf.get("use_sliding_window", False):
+        return None
+    return int(window)
+
+
 def engine_config(settings: Any, loaded, device: torch.device) -> EngineConfig:
     opts = dict(settings.engine_options or {})
     block_size = int(opts.get("block_size", 16))
     max_len = int(settings.max_model_len or loaded.config.max_position_embeddings)
+    window = sliding_window(loaded.hf_config)
+    if window is not None and max_len > window:
+        if settings.max_model_len:
+            raise ValueError(f"the model uses sliding-window attention ({window} tokens), which the native "
+                             f"engine does not implement; max_model_len must be <= {window}")
+        max_len = window  # within the window, full attention is the same computation
     chunked = bool(opts.get("enable_chunked_prefill", True))
     batched = int(opts.get("max_num_batched_tokens", 2048))
     if not chunked:  # a whole prompt must fit in one step

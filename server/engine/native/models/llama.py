@@ -104,14 +104,14 @@ class DecoderLayer(nn.Module):
         self.scale = cfg.head_dim ** -0.5
 
     def forward(self, x, residual, positions, cos_sin, rope_tables,
-                kv: tuple[torch.Tensor, torch.Tensor], meta: AttentionMetadata):
+                kv_cache: torch.Tensor, meta: AttentionMetadata):
         h, residual = self.input_layernorm(x, residual)
         qkv = self.qkv_proj(h)
-        q, k, v = qkv.split([self.q_size, self.kv_size, self.kv_size], dim=-1)
         t, d = x.shape[0], self.cfg.head_dim
-        q, k = ops.rotary(q.reshape(t, -1, d), k.reshape(t, -1, d), positions, cos_sin, rope_tables)
-        v = v.reshape(t, -1, d)
-        attn = paged_attention(q, k, v, kv[0], kv[1], meta, self.scale)
+        q, k = ops.rotary_qk(qkv[:, :self.q_size + self.kv_size].view(t, -1, d), self.cfg.num_heads,
+                             positions, cos_sin, rope_tables)
+        v = qkv[:, self.q_size + self.kv_size:].view(t, -1, d)
+        attn = paged_attention(q, k, v, kv_cache, meta, self.scale)
         h = self.o_proj(attn.reshape(t, self.q_size))
         h, residual = self.post_attention_layernorm(h, residual)
         h = self.down_proj(ops.silu_and_mul(self.gate_up_proj(h)))
@@ -130,7 +130,7 @@ class LlamaForCausalLM(nn.Module):
         self.register_buffer("cos_sin", rope_cos_sin(cfg, max_pos).to(embed.device))
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor,
-                kv_caches: list[tuple[torch.Tensor, torch.Tensor]], meta: AttentionMetadata,
+                kv_caches: list[torch.Tensor], meta: AttentionMetadata,
                 logits_indices: torch.Tensor) -> torch.Tensor:
         """Hidden states of the step's tokens; logits only at ``logits_indices``."""
         x = self.embed_tokens[input_ids]
