@@ -28,6 +28,7 @@ class ModelRunner:
         self.model = loaded.model
         self.device = torch.device(device)
         self.block_size = block_size
+        self.dtype = loaded.dtype
         c = loaded.config
         shape = (2, num_blocks, block_size, c.num_kv_heads, c.head_dim)
         self.kv_caches = [torch.zeros(shape, dtype=loaded.dtype, device=self.device)
@@ -66,7 +67,10 @@ class ModelRunner:
             meta.block_tables = self._tensor([t + [0] * (width - len(t)) for t in decode_tables])
             meta.context_lens = self._tensor(decode_lens)
             span = torch.arange(width * bs, device=self.device)
-            meta.decode_mask = (span[None, :] < meta.context_lens[:, None])[:, None, None, :]
+            # additive float mask, built once per step (a bool mask is converted in every layer)
+            mask = torch.zeros((len(decode_lens), width * bs), dtype=self.dtype, device=self.device)
+            mask.masked_fill_(span[None, :] >= meta.context_lens[:, None], float("-inf"))
+            meta.decode_mask = mask[:, None, None, :]
         return self._tensor(ids), self._tensor(positions), meta, self._tensor(logits_rows), sampled
 
     @torch.inference_mode()
