@@ -196,7 +196,9 @@ def _run(kw: dict[str, Any], fleet: bool) -> None:
     else:
         results = asyncio.run(run_benchmark_async(endpoints, workload, rounds=rounds, tokenizer=tokenizer,
                                                   progress=progress))
+    weights = _weight_bytes(tok_path)
     for r in results:
+        _add_floor(r, weights)
         click.echo(console_summary(r))
         if fleet:
             click.echo(_node_table(r))
@@ -211,6 +213,27 @@ def _run(kw: dict[str, Any], fleet: bool) -> None:
     plots = write_plots(results, out, stem)
     for p in [*paths, md, *plots]:
         click.echo(f"wrote {p}", err=True)
+
+
+def _weight_bytes(model_dir: str | None) -> int | None:
+    """Size of the weights when the model is a local directory (for the decode floor)."""
+    if not model_dir or not Path(model_dir).expanduser().is_dir():
+        return None
+    files = list(Path(model_dir).expanduser().glob("*.safetensors")) or list(Path(model_dir).expanduser().glob("*.bin"))
+    return sum(f.stat().st_size for f in files) or None
+
+
+def _add_floor(res: dict[str, Any], weight_bytes: int | None) -> None:
+    """BENCHMARKS.md: batch-1 decode reads every weight once per token, so
+    floor TPOT = weight bytes / memory bandwidth (KV reads ignored: a lower bound)."""
+    ctx = res.get("context") or {}
+    models = (ctx.get("capacity") or {}).get("models") or []
+    wb = weight_bytes or next((m.get("weight_bytes") for m in models if m.get("weight_bytes")), None)
+    bw = (ctx.get("machine") or {}).get("memory_bandwidth_gbs")
+    if wb:
+        res["weight_bytes"] = wb
+    if wb and bw:
+        res["decode_floor_ms_per_token"] = wb / (bw * 1e9) * 1000.0
 
 
 def _tokenizer(path: str | None) -> Any:

@@ -106,6 +106,8 @@ def console_summary(res: dict[str, Any]) -> str:
         row("Request goodput (req/s):", res["request_goodput"])
     row("Output token throughput (tok/s):", res["output_throughput"])
     row("Total token throughput (tok/s):", res["total_token_throughput"])
+    if res.get("decode_floor_ms_per_token"):
+        row("Decode floor, batch 1 (ms/token):", res["decode_floor_ms_per_token"], 3)
     for metric, header in (("ttft", "Time to First Token"), ("tpot", "Time per Output Token (excl. 1st token)"),
                            ("itl", "Inter-token Latency"), ("e2el", "End-to-end Latency")):
         lines.append(f"{header:-^{w}}")
@@ -191,7 +193,10 @@ def markdown(results: list[dict[str, Any]], title: str = "edgefleet bench result
         if r.get("label") in seen:
             continue
         seen.add(r.get("label"))
-        out.append(f"- **{r.get('label')}**: {describe_context(r.get('context') or {})}")
+        floor = (f"; batch-1 decode floor {r['decode_floor_ms_per_token']:.3f} ms/token "
+                 f"({r['weight_bytes'] / 1e6:.1f} MB of weights / copy bandwidth)"
+                 if r.get("decode_floor_ms_per_token") else "")
+        out.append(f"- **{r.get('label')}**: {describe_context(r.get('context') or {})}{floor}")
     return "\n".join(out) + "\n"
 
 
