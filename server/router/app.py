@@ -80,6 +80,8 @@ class FastPath:
         except Exception:
             log.exception("unhandled error in the proxy path")
             response = error_response(InternalError("Internal server error."))
+        if "x-edgefleet-node" not in response.headers:
+            response.headers["x-edgefleet-node"] = "router"
         await response(scope, receive, send)
 
 
@@ -216,7 +218,7 @@ def create_app(settings: RouterSettings) -> tuple[ASGIApp, Router]:
     inner.router.routes.extend(mcp_app.routes)
 
     app = SecurityMiddleware(
-        RouterHeader(FastPath(inner, router)), keys=settings.keys, loopback_bind=is_loopback(settings.host),
+        FastPath(RouterHeader(inner), router), keys=settings.keys, loopback_bind=is_loopback(settings.host),
         allowed_hosts=settings.allowed_hosts, allowed_origins=settings.allowed_origins,
         max_body_bytes=settings.max_body_bytes)
     return app, router

@@ -121,8 +121,12 @@ class Router:
             if not node.is_ready(now):
                 raise self.no_healthy(f"Node '{node.name}' is not ready.")
             return [estimate(node, prompt_tokens)]
-        serving = [n for n in self.registry.nodes() if n.serves(model)]
+        nodes = self.registry.nodes()
+        serving = [n for n in nodes if n.serves(model)]
         if not serving:
+            if not nodes or any(n.capacity is None for n in nodes):
+                # Some node never answered: it may serve the model, so this is not a 404.
+                raise self.no_healthy(f"No healthy node is known to serve model '{model[:128]}'.")
             raise ModelNotFound(f"The model '{model[:128]}' does not exist on any node of this fleet.",
                                 param="model")
         ready = [n for n in serving if n.is_ready(now)]

@@ -65,7 +65,9 @@ class Poller:
         self.registry = registry
         self.client = client
         self.interval = interval
-        self.timeout = timeout if timeout is not None else max(0.5, min(2.0, interval))
+        # Generous: a poll that is merely slow (a busy node, a loaded host) must not count as
+        # a failure, or a burst of load would open breakers across the fleet.
+        self.timeout = timeout if timeout is not None else max(2.0, interval)
         self._task: asyncio.Task[None] | None = None
         self.rounds = 0
 

@@ -140,29 +140,39 @@ class RelayResponse(Response):
 
     def __init__(self, ex: Exchange, headers: dict[str, str]):
         self.ex = ex
+        self.body_done = False  # after this, a disconnect is just the client hanging up
         self.status_code = ex.resp.status_code if ex.resp is not None else 502
         self.background = None
         self.init_headers(headers)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         ex = self.ex
+        me = asyncio.current_task()
+        gone = False
+
+        async def watch_disconnect() -> None:
+            nonlocal gone
+            while (await receive())["type"] != "http.disconnect":
+                pass
+            if not self.body_done:
+                gone = True
+                me.cancel()  # stop relaying; finish() below closes the upstream request
+
+        # Plain asyncio rather than a task group: this runs once per request and the
+        # lighter machinery is measurable on the hot path.
+        watcher = asyncio.ensure_future(watch_disconnect())
         try:
             await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
-            async with anyio.create_task_group() as tg:
-                relayed = False
-
-                async def watch_disconnect() -> None:
-                    while (await receive())["type"] != "http.disconnect":
-                        pass
-                    if not relayed:
-                        ex.error = ex.error or "client_disconnected"
-                        tg.cancel_scope.cancel()
-
-                tg.start_soon(watch_disconnect)
-                await self._relay(send)
-                relayed = True
-                tg.cancel_scope.cancel()
+            await self._relay(send)
+        except asyncio.CancelledError:
+            if not gone:
+                raise
+            me.uncancel()
+            ex.error = ex.error or "client_disconnected"
+        except OSError:  # the client's socket went away under a send
+            ex.error = ex.error or "client_disconnected"
         finally:
+            watcher.cancel()
             await ex.finish()
 
     async def _relay(self, send: Send) -> None:
@@ -190,6 +200,7 @@ class RelayResponse(Response):
             ex.node.last_error = ex.error
             await send({"type": "http.response.body", "more_body": True,
                         "body": _error_event(ex.error, "The node failed mid-stream; the response is incomplete.")})
+        self.body_done = True
         await send({"type": "http.response.body", "body": b"", "more_body": False})
         ex.completion_tokens = events
         if usage_event:
