@@ -1,7 +1,8 @@
 """What a result measured: the node's capacity document, or the machine's facts.
 
 An edgefleet node answers ``GET /v1/capacity`` with its capacity document (hardware, model,
-engine); that goes into the result as is. Any other server gets machine facts of the
+engine); that goes into the result as is, and a router's ``GET /v1/fleet`` (every node with
+its capacity document) likewise. Any other server gets machine facts of the
 machine running the benchmark, flagged with whether the target is that same machine, plus
 a measured memory bandwidth (the floor of batch-1 decode) when it is.
 """
@@ -33,18 +34,25 @@ def is_local(base_url: str) -> bool:
 
 
 async def target_context(client: httpx.AsyncClient, ep: Endpoint, bandwidth: bool = True) -> dict[str, Any]:
-    try:
-        resp = await client.get(ep.base_url + "/v1/capacity", headers=ep.auth_headers(), timeout=5.0)
-        doc = resp.json() if resp.status_code == 200 else None
-    except (httpx.HTTPError, ValueError):
-        doc = None
+    doc = await _get_json(client, ep, "/v1/capacity")
     if isinstance(doc, dict) and ("identity" in doc or "schema_version" in doc):
         return {"target": "edgefleet", "capacity": doc}
+    fleet = await _get_json(client, ep, "/v1/fleet")  # an edgefleet router: every node's capacity
+    if isinstance(fleet, dict) and fleet.get("object") == "fleet":
+        return {"target": "edgefleet-router", "fleet": fleet}
     local = is_local(ep.base_url)
     out: dict[str, Any] = {"target": "other", "target_is_local": local,
                            "machine": machine_facts(bandwidth=bandwidth and local)}
     out["machine"]["measured_on"] = "target (loopback)" if local else "benchmark client, not the target"
     return out
+
+
+async def _get_json(client: httpx.AsyncClient, ep: Endpoint, path: str) -> Any:
+    try:
+        resp = await client.get(ep.base_url + path, headers=ep.auth_headers(), timeout=5.0)
+        return resp.json() if resp.status_code == 200 else None
+    except (httpx.HTTPError, ValueError):
+        return None
 
 
 def machine_facts(bandwidth: bool = False) -> dict[str, Any]:

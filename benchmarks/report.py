@@ -209,6 +209,11 @@ def describe_context(ctx: dict[str, Any]) -> str:
                            for m in cap.get("models") or [])
         return (f"edgefleet node {ident.get('name', '?')} (engine {ident.get('engine', '?')}, "
                 f"version {ident.get('version', '?')}); accelerators: {accs}; models: {models or '?'}")
+    if ctx.get("target") == "edgefleet-router":
+        nodes = (ctx.get("fleet") or {}).get("nodes") or []
+        return (f"edgefleet router (policy {(ctx.get('fleet') or {}).get('policy', '?')}) in front of "
+                + ", ".join(f"{n.get('name')} ({((n.get('capacity') or {}).get('identity') or {}).get('engine', '?')})"
+                            for n in nodes))
     m = ctx.get("machine") or {}
     if not m:
         return "no context recorded"
