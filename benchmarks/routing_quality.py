@@ -155,16 +155,17 @@ async def run(args: argparse.Namespace) -> dict:
         order = list(args.policies)
         for pas in range(args.passes):
             for policy in (order if pas % 2 == 0 else list(reversed(order))):
-                rt = router(urls, logdir, ["--policy", policy, "--seed", str(args.seed), "--poll-interval",
-                                           str(args.poll_interval), "--first-byte-timeout", "300",
-                                           "--total-deadline", "300"], name=f"router-{policy}-{pas}")
+                # In a thread: the delay proxies live on this event loop and must keep running.
+                flags = ["--policy", policy, "--seed", str(args.seed), "--poll-interval", str(args.poll_interval),
+                         "--first-byte-timeout", "300", "--total-deadline", "300"]
+                rt = await asyncio.to_thread(router, urls, logdir, flags, name=f"router-{policy}-{pas}")
                 try:
                     await asyncio.sleep(2 * args.poll_interval)
                     ep = Endpoint(rt.url, MODEL, label=policy, backend="openai-chat")
                     recs, duration = await run_load(args.requests, lambda i: send(client, ep, requests[i]),
                                                     offsets=offsets)
                 finally:
-                    rt.stop()
+                    await asyncio.to_thread(rt.stop)
                 results[policy].append((recs, duration))
                 print(f"pass {pas} {policy}: {duration:.1f} s", flush=True)
                 await wait_idle([p.url for p in procs])
