@@ -257,7 +257,7 @@ def _endpoints(kw: dict[str, Any]) -> list:
     if kw["base_url"] or not kw["compare"]:
         base = kw["base_url"] or f"http://{kw['host']}:{kw['port']}"
         eps.append(Endpoint(base, model or _first_model(base, key), key, kw["label"], kw["backend"],
-                            kw["endpoint"], headers))
+                            kw["endpoint"], headers, model_id=kw["model"]))
     for spec in kw["compare"]:
         url, *parts = spec.split(",")
         opts = {}
@@ -268,7 +268,8 @@ def _endpoints(kw: dict[str, Any]) -> list:
             opts[k] = v
         ep_key = env_key(opts["key"]) if "key" in opts else key
         eps.append(Endpoint(url, opts.get("model") or model or _first_model(url, ep_key), ep_key, opts.get("label"),
-                            opts.get("backend", kw["backend"]), kw["endpoint"], headers))
+                            opts.get("backend", kw["backend"]), kw["endpoint"], headers,
+                            model_id=None if "model" in opts else kw["model"]))
     labels = [e.label for e in eps]
     for i, e in enumerate(eps):  # two runs of one URL must stay apart in tables
         if labels.count(e.label) > 1:

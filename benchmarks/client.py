@@ -37,6 +37,7 @@ class Endpoint:
     backend: str = "openai"  # vLLM's names: "openai"/"vllm" (completions) or "openai-chat"
     endpoint: str | None = None  # path of the API; default from the backend
     headers: dict[str, str] = field(default_factory=dict)
+    model_id: str | None = None  # what results call the model (vLLM's --model) when `model` is a served alias
 
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:
@@ -64,7 +65,8 @@ class Endpoint:
 
     def public(self) -> dict[str, Any]:
         """What a result file may say about the endpoint: never the key."""
-        return {"base_url": self.base_url, "model": self.model, "label": self.label,
+        return {"base_url": self.base_url, "model": self.model, "model_id": self.model_id or self.model,
+                "label": self.label,
                 "backend": self.backend, "endpoint": self.endpoint}
 
 

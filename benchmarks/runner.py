@@ -223,7 +223,7 @@ def _result(ep: Endpoint, wl: Workload, runs: list[_Run], context: dict[str, Any
         "endpoint_type": ep.backend,
         "backend": ep.backend,
         "label": ep.label,
-        "model_id": ep.model,
+        "model_id": ep.model_id or ep.model,
         "tokenizer_id": wl.tokenizer_id,
         "num_prompts": len(wl.requests) if wl.chain is None else wl.chain.num_chains,
         "request_rate": wl.request_rate if math.isfinite(wl.request_rate) else "inf",

@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import json
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run as a script: make `tests` importable
@@ -78,8 +79,11 @@ async def main(argv: list[str]) -> None:
                 max_concurrency=conc, lora_modules=None, extra_headers=None, extra_body={},
                 ready_check_timeout_sec=0)
 
+    slos = {"ttft": 150.0, "tpot": 4.0, "e2el": 600.0}
+    detailed = replace(workload, save_detailed=True, goodput=slos)
+
     async def ours() -> dict:
-        return (await run_benchmark_async([ep], workload, tokenizer=tok, progress=False, check=False,
+        return (await run_benchmark_async([ep], detailed, tokenizer=tok, progress=False, check=False,
                                           contexts=[{}]))[0]
 
     await ours()  # untimed: a fresh CPU server is slow on its first shapes, whoever comes first
@@ -95,25 +99,19 @@ async def main(argv: list[str]) -> None:
             else:
                 o, v = await ours(), await vllm()
             row = {"vllm": {k: v[k] for k in KEYS}, "ours": {k: o[k] for k in KEYS}}
+            last = o
             out[mode].append(row)
             print(mode, json.dumps(row), flush=True)
-    out["arithmetic"] = await arithmetic(ep, workload, tok, vreqs)
+    out["arithmetic"] = arithmetic(last, slos, tok, vreqs)
     out["scripted"] = await scripted()
     Path(out_json).write_text(json.dumps(out, indent=1))
 
 
-async def arithmetic(ep, workload, tok, vreqs) -> dict:
+def arithmetic(ours: dict, slos: dict, tok, vreqs) -> dict:
     """vLLM's own calculate_metrics on the requests we measured, next to our summary of them."""
-    from dataclasses import replace
-
     from vllm.benchmarks.lib.endpoint_request_func import RequestFuncOutput
     from vllm.benchmarks.serve import calculate_metrics
 
-    from benchmarks.runner import run_benchmark_async
-
-    slos = {"ttft": 150.0, "tpot": 4.0, "e2el": 600.0}
-    ours = (await run_benchmark_async([ep], replace(workload, save_detailed=True, goodput=slos), tokenizer=tok,
-                                      progress=False, check=False, contexts=[{}]))[0]
     outputs = [RequestFuncOutput(success=not err, latency=lat, output_tokens=n, ttft=ttft, itl=itl, prompt_len=p,
                                  start_time=st, error=err)
                for lat, n, ttft, itl, p, st, err in zip(ours["latencies"], ours["output_lens"], ours["ttfts"],

@@ -34,7 +34,7 @@ import pytest
 from tests.benchmarks.conftest import SERVED
 
 DRIVER = Path(__file__).with_name("agreement_driver.py")
-N, IN, OUT, CONC = 40, 128, 64, 2
+N, IN, OUT, CONC = 24, 128, 32, 2
 TIMING = ("output_throughput", "request_throughput", "mean_ttft_ms", "median_ttft_ms", "mean_tpot_ms", "mean_e2el_ms")
 
 
@@ -46,7 +46,7 @@ def pooled(rows: list[dict], key: str) -> float:
 def agreement(vllm_server, demo_model_dir, tmp_path_factory) -> dict:
     out = tmp_path_factory.mktemp("agreement") / "agreement.json"
     proc = subprocess.run([sys.executable, str(DRIVER), vllm_server.url, SERVED, str(demo_model_dir), str(out),
-                           "1", "2", str(N), str(IN), str(OUT), str(CONC)],
+                           "1", "1", str(N), str(IN), str(OUT), str(CONC)],
                           capture_output=True, text=True, timeout=600, cwd=Path(__file__).parents[2])
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(out.read_text())

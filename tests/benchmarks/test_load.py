@@ -101,6 +101,7 @@ async def test_open_loop_respects_schedule():
     offsets = np.array([0.0, 0.1, 0.1, 0.3])
     t0 = time.perf_counter()
     _, dur = await run_load(4, call, offsets=offsets)
-    rel = [s - t0 for s in starts]
-    assert rel == pytest.approx([0.0, 0.1, 0.1, 0.3], abs=0.03)
-    assert dur == pytest.approx(0.3, abs=0.03)
+    rel = np.array([s - t0 for s in starts])
+    assert np.all(rel >= offsets - 0.002)  # never early
+    assert np.all(rel <= offsets + 0.05)  # and not late beyond event-loop jitter
+    assert 0.3 <= dur < 0.36
