@@ -13,7 +13,9 @@ from server.engine.toolcalls import get_tool_parser
 class ScriptedEngine:
     name = "fake"
 
-    def __init__(self, *, fail_prompt: str | None = None, tokens: int = 5, step_s: float = 0.0):
+    def __init__(self, *, fail_prompt: str | None = None, tokens: int = 5, step_s: float = 0.0,
+                 texts: list[str] | None = None):
+        self.texts = texts  # scripted output, one piece per step (overrides tokens)
         self.fail_prompt = fail_prompt
         self.tokens = tokens
         self.step_s = step_s
@@ -47,6 +49,12 @@ class ScriptedEngine:
 
     async def generate(self, request: GenerateRequest) -> AsyncIterator[Delta]:
         boom = self.fail_prompt is not None and request.prompt_token_ids == self.tokenize(self.fail_prompt)
+        if self.texts is not None:
+            for i, text in enumerate(self.texts):
+                last = i == len(self.texts) - 1
+                yield Delta(token_ids=[i], text=text, finish_reason="stop" if last else None,
+                            prompt_tokens=len(request.prompt_token_ids), completion_tokens=i + 1)
+            return
         for i in range(self.tokens):
             await asyncio.sleep(self.step_s)
             if boom and i == 1:

@@ -15,6 +15,7 @@ from server.api.errors import ApiError, InvalidRequest, ModelNotFound
 from server.api.generation import ClientGone, Generation, new_id, resolve_max_tokens, until_disconnect
 from server.api.protocol import ChatCompletionRequest, NamedToolChoice, finite_or_none
 from server.api.sse import event, sse_response
+from server.api.toolstream import ToolCallGate
 from server.engine.base import Delta, PositionLogprobs, ToolCall
 from server.engine.toolcalls import new_call_id
 from server.runtime import NodeRuntime
@@ -192,6 +193,9 @@ async def _events(gen: Generation, req: ChatCompletionRequest, mode: str, base: 
     texts = [""] * gen.n
     call_ids = [new_call_id() for _ in range(gen.n)]
     completion = 0
+    parser = gen.runtime.engine.tool_parser(gen.runtime.settings.tool_call_parser) if mode == "auto" else None
+    tool_dicts = [t.model_dump(exclude_none=True) for t in req.tools or []]
+    gates = [ToolCallGate(getattr(parser, "start_marker", None)) for _ in range(gen.n)]
 
     async def items() -> AsyncIterator[tuple[int, Delta]]:
         if first is not None:
@@ -220,14 +224,17 @@ async def _events(gen: Generation, req: ChatCompletionRequest, mode: str, base: 
                 calls = _parse_forced(texts[i], mode, req)
                 delta["tool_calls"] = [{"index": k, **c} for k, c in enumerate(_calls_json(calls))]
                 finish = "tool_calls" if calls else finish
-        else:
-            delta["content"] = d.text
-            if mode == "auto" and finish is not None:
-                _, calls = gen.runtime.engine.tool_parser(gen.runtime.settings.tool_call_parser).extract(
-                    texts[i], [t.model_dump(exclude_none=True) for t in req.tools or []])
+        elif mode == "auto":
+            delta["content"] = gates[i].feed(d.text)
+            if finish is not None:
+                _, calls = parser.extract(texts[i], tool_dicts)
                 if calls:
                     delta["tool_calls"] = [{"index": k, **c} for k, c in enumerate(_calls_json(calls))]
                     finish = "tool_calls"
+                else:
+                    delta["content"] += gates[i].rest()
+        else:
+            delta["content"] = d.text
         choice = {"index": i, "delta": delta, "logprobs": None, "finish_reason": finish}
         if req.logprobs and d.logprobs:
             choice["logprobs"] = {"content": _logprobs_json(d.logprobs)}

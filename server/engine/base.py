@@ -131,6 +131,8 @@ class ToolCall:
 
 @runtime_checkable
 class ToolCallParser(Protocol):
+    """May also have ``start_marker`` (str): text that opens a call, held back while streaming."""
+
     def extract(self, text: str, tools: list[dict[str, Any]] | None = None) -> tuple[str | None, list[ToolCall]]:
         """Split model output into (content, tool calls); ``tools`` are the request's."""
         ...

@@ -22,6 +22,8 @@ def new_call_id() -> str:
 
 
 class HermesToolParser:
+    start_marker = "<tool_call>"
+
     def extract(self, text: str, tools: list[dict[str, Any]] | None = None) -> tuple[str | None, list[ToolCall]]:
         calls: list[ToolCall] = []
         for body in _HERMES.findall(text):

@@ -261,6 +261,8 @@ class _VllmToolParser:
 
     def __init__(self, cls: Any, tokenizer: Any, model_id: str):
         self.cls, self.tokenizer, self.model_id = cls, tokenizer, model_id
+        marker = getattr(cls, "tool_call_start_token", None)
+        self.start_marker = marker if isinstance(marker, str) else None  # for streaming: hold back calls
 
     def extract(self, text: str, tools: list[dict[str, Any]] | None = None) -> tuple[str | None, list[ToolCall]]:
         from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionRequest
