@@ -11,14 +11,22 @@ token ids, fixed seed), greedy, ignore_eos. Per engine and batch size:
 - batch-1 decode as % of the memory-bandwidth floor: floor = weight bytes / bandwidth, with
   bandwidth measured here (a large tensor copy, bytes read + written).
 
+Both engines run with ``OMP_WAIT_POLICY=PASSIVE`` (set here before torch loads; vLLM's
+worker inherits it), the native engine's default on a shared CPU.
+
 Writes benchmarks/results/native_engine.{json,md}.
 """
 
 from __future__ import annotations
 
+import os
+
+# Before anything loads torch (or spawns vLLM's worker, which inherits it): both engines run
+# with passive OpenMP waiting, the native engine's default (see server/engine/native).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 import argparse
 import json
-import os
 import random
 import statistics
 import time
@@ -26,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 OUT = Path("benchmarks/results")
+NATIVE_DEFAULT_THREADS = os.cpu_count() or 1
 MODEL_DIR = Path(os.path.expanduser("~/.cache/edgefleet/bench/qwen2-0.5b-random"))
 
 
@@ -56,28 +65,42 @@ def bandwidth_gbps(size_mb: int = 1024, repeat: int = 5) -> float:
 
 
 class Native:
-    name = "native"
+    """The native engine in this process. ``threads``: torch threads while it runs (the
+    setting is process-wide, so it is applied before each run; vLLM's worker is a separate
+    process and keeps its own)."""
 
-    def __init__(self, model: Path, args):
+    def __init__(self, model: Path, args, threads: int, core=None):
         from server.config import NodeSettings
         from server.engine.native.setup import build_engine
 
-        opts = {"num_threads": args.threads} if args.threads else {}
-        s = NodeSettings(engine="native", dtype="bfloat16", quantization=args.quantization,
-                         max_model_len=args.max_model_len, max_num_seqs=max(args.batch),
-                         kv_cache_gb=args.kv_gb, engine_options=opts)
-        built = build_engine(s, model, "bench")
-        self.core, self.weight_bytes = built.core, built.info.weight_bytes
+        self.threads = threads
+        self.name = "native" if threads == NATIVE_DEFAULT_THREADS else f"native-{threads}t"
+        if core is None:
+            s = NodeSettings(engine="native", dtype="bfloat16", quantization=args.quantization,
+                             max_model_len=args.max_model_len, max_num_seqs=max(args.batch),
+                             kv_cache_gb=args.kv_gb)
+            built = build_engine(s, model, "bench")
+            core, self.weight_bytes = built.core, built.info.weight_bytes
+        self.core = core
         self.n = 0
 
+    def variant(self, model: Path, args, threads: int) -> "Native":
+        other = Native(model, args, threads, core=self.core)
+        other.weight_bytes = self.weight_bytes
+        return other
+
     def run(self, prompts: list[list[int]], max_tokens: int) -> float:
+        import torch
+
         from server.engine.base import GenerateRequest, SamplingOptions
+
+        torch.set_num_threads(self.threads)
 
         opts = SamplingOptions(max_tokens=max_tokens, temperature=0.0, ignore_eos=True)
         t = time.perf_counter()
         for p in prompts:
             self.n += 1
-            self.core.add_request(GenerateRequest(f"b{self.n}", p, opts))
+            self.core.add_request(GenerateRequest(f"{self.name}-{self.n}", p, opts))
         produced = 0
         while self.core.has_work():
             produced += sum(len(d.token_ids) for _, d in self.core.step())
@@ -143,9 +166,8 @@ def markdown(rows: list[dict], meta: dict) -> str:
     for r in rows:
         lines.append("| " + " | ".join(
             f"{r[k]:.3g}" if isinstance(r.get(k), float) else str(r.get(k, "")) for k in keys) + " |")
-    ratios = [f"- batch {b}: native/vllm output tok/s = {meta['ratios'][str(b)]:.2f} (median of per-round "
-              f"ratios; best-run ratio {meta['best_ratios'][str(b)]:.2f})" for b in meta["batches"]
-              if str(b) in meta["ratios"]]
+    ratios = [f"- {k.replace('@', ' batch ')}: native/vllm output tok/s = {v:.2f} (median of per-round "
+              f"ratios; best-run ratio {meta['best_ratios'][k]:.2f})" for k, v in meta["ratios"].items()]
     return "\n".join(lines + [""] + ratios + [
         f"- bandwidth {meta['bandwidth_gbps']:.1f} GB/s; weight bytes {meta['weight_bytes'] / 1e9:.3f} GB; "
         f"batch-1 floor {meta['floor_ms']:.1f} ms/token", ""])
@@ -160,7 +182,8 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--max-model-len", type=int, default=1024)
     ap.add_argument("--kv-gb", type=float, default=1.0)
-    ap.add_argument("--threads", type=int, default=0, help="torch threads for native (0: default)")
+    ap.add_argument("--native-threads", type=int, nargs="+", default=[NATIVE_DEFAULT_THREADS],
+                    help="one native variant per thread count (e.g. 2 1), interleaved with vLLM")
     ap.add_argument("--quantization", default=None, help="native only: int8 / int4")
     ap.add_argument("--engines", nargs="+", default=["vllm-cpu", "native"])
     ap.add_argument("--resummarize", type=Path, default=None, help="re-render a saved results JSON")
@@ -174,8 +197,15 @@ def main() -> None:
     def fresh(b: int) -> list[list[int]]:
         return [[rng.randrange(1000, 100000) for _ in range(args.input_len)] for _ in range(b)]
 
-    engines = [Native(model, args) if n == "native" else VLLM(model, args) for n in args.engines]
+    engines: list = []
+    for n in args.engines:
+        if n == "native":
+            first = Native(model, args, args.native_threads[0])
+            engines += [first] + [first.variant(model, args, t) for t in args.native_threads[1:]]
+        else:
+            engines.append(VLLM(model, args))
     bw = bandwidth_gbps()
+    start_load = os.getloadavg()
     samples: dict[tuple[str, int], list[dict]] = {}
     for e in engines:  # warm-up, not recorded
         e.run(fresh(1), 2)
@@ -189,9 +219,10 @@ def main() -> None:
                 samples.setdefault((e.name, b), []).append(m)
                 print(f"round {r} {e.name:9s} batch {b:3d}: {m}", flush=True)
     weight_bytes = next((e.weight_bytes for e in engines if isinstance(e, Native)), 0)
+    meta_loadavg_start = start_load
     meta = {"date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "args": vars(args) | {
         "model_dir": str(args.model_dir)}, "bandwidth_gbps": bw, "weight_bytes": weight_bytes,
-        "batches": args.batch, "cpu_count": os.cpu_count(), "loadavg": os.getloadavg(),
+        "batches": args.batch, "cpu_count": os.cpu_count(), "loadavg_start": meta_loadavg_start, "loadavg_end": os.getloadavg(),
         "VLLM_CPU_NUM_OF_RESERVED_CPU": os.environ.get("VLLM_CPU_NUM_OF_RESERVED_CPU")}
     write_results(samples, meta)
 
@@ -205,12 +236,17 @@ def write_results(samples: dict[tuple[str, int], list[dict]], meta: dict) -> Non
     bw, weight_bytes = meta["bandwidth_gbps"], meta["weight_bytes"]
     rows = summarize(samples, weight_bytes, bw)
     by = {(r["engine"], r["batch"]): r for r in rows}
-    both = [b for b in meta["batches"] if ("native", b) in by and ("vllm-cpu", b) in by]
     meta["floor_ms"] = weight_bytes / (bw * 1e9) * 1e3
-    meta["ratios"] = {str(b): statistics.median(n["output_tok_s"] / v["output_tok_s"] for n, v in zip(
-        samples[("native", b)], samples[("vllm-cpu", b)])) for b in both}
-    meta["best_ratios"] = {str(b): by[("native", b)]["best_output_tok_s"] / by[("vllm-cpu", b)]["best_output_tok_s"]
-                           for b in both}
+    natives = sorted({name for name, _ in samples if name.startswith("native")})
+    meta["ratios"], meta["best_ratios"] = {}, {}
+    for name in natives:
+        for b in meta["batches"]:
+            if (name, b) not in by or ("vllm-cpu", b) not in by:
+                continue
+            key = f"{name}@{b}"
+            meta["ratios"][key] = statistics.median(n["output_tok_s"] / v["output_tok_s"] for n, v in zip(
+                samples[(name, b)], samples[("vllm-cpu", b)]))
+            meta["best_ratios"][key] = by[(name, b)]["best_output_tok_s"] / by[("vllm-cpu", b)]["best_output_tok_s"]
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / "native_engine.json").write_text(json.dumps({"meta": meta, "rows": rows, "samples": {
         f"{k[0]}@{k[1]}": v for k, v in samples.items()}}, indent=2))
