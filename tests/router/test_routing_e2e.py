@@ -103,16 +103,25 @@ def test_nearest_idle_learns_the_fast_node(router):
     assert scores["fast"] < scores["slow"]
 
 
-async def test_burst_is_spread_not_herded(router):
-    c = openai.AsyncOpenAI(base_url=router.url + "/v1", api_key="unused", max_retries=0)
+async def test_burst_is_spread_not_herded(launcher):
+    """Two identical idle nodes and a router that will not poll during the burst: its own
+    dispatch counts must spread the burst instead of piling it onto the node that looked
+    best at the last poll (a stale signal herds)."""
+    from tests.router.conftest import wait_http
+
+    twins = [launcher.node(f"twin-{x}", wait=False, prefill_tokens_per_s=2000, decode_ms=10) for x in "ab"]
+    for t in twins:
+        wait_http(t.url + "/ready", t.popen, t.log)
+    r = launcher.router("--node", twins[0].url, "--node", twins[1].url, "--poll-interval", "60", name="r-twins")
+    c = openai.AsyncOpenAI(base_url=r.url + "/v1", api_key="unused", max_retries=0)
+
     async def one():
         raw = await c.chat.completions.with_raw_response.create(
-            model="sim-model", messages=[{"role": "user", "content": "short burst"}], max_tokens=40)
+            model="sim-model", messages=[{"role": "user", "content": LONG_PROMPT}], max_tokens=4)
         return raw.headers["x-edgefleet-node"]
-    names = Counter(await asyncio.gather(*(one() for _ in range(64))))
-    # A burst of short requests looks the same on both nodes: the router's own pending counts
-    # spread it, although no poll can report it in time (no herding onto one node).
-    assert names["fast"] > 0 and names["slow"] > 0 and max(names.values()) < 64 * 0.9, names
+
+    names = Counter(await asyncio.gather(*(one() for _ in range(40))))
+    assert 12 <= names["twin-a"] <= 28 and names["twin-a"] + names["twin-b"] == 40, names
     await c.close()
 
 
