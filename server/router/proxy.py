@@ -268,27 +268,34 @@ async def forward(router: Router, request: Request, path: str,
 
 
 async def _unless_disconnected(request: Request, work: Awaitable[T]) -> T:
-    """Await ``work`` unless the client leaves first (then cancel it and raise _ClientGone)."""
-    task = asyncio.ensure_future(work)
+    """Await ``work`` in this task unless the client leaves first (then raise _ClientGone).
+
+    ``work`` runs in the current task, not a new one: ``open_upstream`` must count its
+    dispatch before this request yields, or a burst would be ranked against counts that
+    do not include its own earlier members. A cancellation lands inside ``work``, whose
+    own cleanup (releasing the node count, closing the upstream) then runs.
+    """
+    me = asyncio.current_task()
+    assert me is not None
+    gone = False
 
     async def disconnected() -> None:
+        nonlocal gone
         while (await request.receive())["type"] != "http.disconnect":
             pass
+        gone = True
+        me.cancel()
 
     watch = asyncio.ensure_future(disconnected())
     try:
-        done, _ = await asyncio.wait({task, watch}, return_when=asyncio.FIRST_COMPLETED)
-    except BaseException:
-        task.cancel()
-        raise
+        return await work
+    except asyncio.CancelledError:
+        if not gone:
+            raise
+        me.uncancel()
+        raise _ClientGone from None
     finally:
         watch.cancel()
-    if task in done:
-        return task.result()
-    task.cancel()
-    with contextlib.suppress(BaseException):
-        await task
-    raise _ClientGone
 
 
 async def _whole(request: Request, ex: Exchange, headers: dict[str, str]) -> Response:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import Counter
 
 import httpx
@@ -112,7 +113,10 @@ async def test_burst_is_spread_not_herded(launcher):
     twins = [launcher.node(f"twin-{x}", wait=False, prefill_tokens_per_s=2000, decode_ms=10) for x in "ab"]
     for t in twins:
         wait_http(t.url + "/ready", t.popen, t.log)
-    r = launcher.router("--node", twins[0].url, "--node", twins[1].url, "--poll-interval", "60", name="r-twins")
+    r = launcher.router("--node", twins[0].url, "--node", twins[1].url, "--poll-interval", "5",
+                        "--audit-log", str(launcher.tmp / "twins.audit.jsonl"), name="r-twins")
+    assert wait_until(lambda: sum(n["ready"] for n in fleet(r)["nodes"]) == 2, timeout=15)
+    time.sleep(max(0.0, 1.0 - fleet(r)["nodes"][0]["capacity_age_s"]))  # burst right after a poll
     c = openai.AsyncOpenAI(base_url=r.url + "/v1", api_key="unused", max_retries=0)
 
     async def one():
