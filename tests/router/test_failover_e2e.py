@@ -263,7 +263,8 @@ def test_full_real_node_503_moves_request(launcher, backup):
         r = httpx.post(router.url + "/v1/chat/completions", json={**body, "stream": False, "max_tokens": 2},
                        headers={"X-Edgefleet-Zone": "z9"}, timeout=20, trust_env=False)
         assert r.status_code == 200 and r.headers["x-edgefleet-node"] == "backup"
-    assert audit(launcher, "r9")[-1]["attempts"] == ["full9:http_503", "backup:ok"]
+    # (the hog's own line may come last: it ends after the request that failed over)
+    assert ["full9:http_503", "backup:ok"] in [line["attempts"] for line in audit(launcher, "r9")]
 
 
 def test_client_disconnect_during_non_streaming_call(launcher):
