@@ -164,7 +164,7 @@ def run_node(settings: NodeSettings) -> int:
     api_key = settings.api_key.get_secret_value() if settings.api_key else None
     app = build_app(runtime, api_key=api_key, on_fatal=on_fatal)
     config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level="warning", access_log=False,
-                            http="h11", h11_max_incomplete_event_size=64 * 1024, timeout_graceful_shutdown=5,
+                            timeout_graceful_shutdown=5,
                             lifespan="on", server_header=False)
     server = NodeServer(config, runtime, settings.shutdown_timeout)
     advertiser = None

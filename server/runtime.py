@@ -8,6 +8,7 @@ the last engine step.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import math
 import os
@@ -37,8 +38,9 @@ log = logging.getLogger("edgefleet.node")
 
 
 def stable_node_id(settings: NodeSettings) -> str:
-    """A node id kept in the state directory, so it survives restarts."""
-    path = state_dir(settings) / "node_id"
+    """A node id kept in the state directory, so it survives restarts. Keyed by port, so
+    several nodes on one machine sharing the default state directory stay distinct."""
+    path = state_dir(settings) / ("node_id" if settings.port == 8000 else f"node_id.{settings.port}")
     try:
         text = path.read_text().strip()
         if text:
@@ -92,6 +94,10 @@ class NodeRuntime:
             log.exception("engine failed to start")
             raise
         self.metrics = NodeMetrics(self.engine.info.id)
+        # The startup heap (torch, tokenizer, model config) never becomes garbage; freezing it
+        # keeps full collections from stalling every stream in flight (vLLM's server does the same).
+        gc.collect()
+        gc.freeze()
         self.state = "ready"
         log.info("node %s (%s) ready: model %s on %s engine", self.name, self.node_id, self.engine.info.id,
                  self.engine.name)

@@ -36,3 +36,4 @@ def test_node_id_is_stable_across_restarts(tmp_path):
     first = stable_node_id(s)
     assert stable_node_id(s) == first and (tmp_path / "node_id").read_text().strip() == first
     assert stable_node_id(NodeSettings(state_dir=tmp_path / "other")) != first
+    assert stable_node_id(NodeSettings(state_dir=tmp_path, port=8001)) != first  # a second node, same box
