@@ -15,7 +15,7 @@ log = logging.getLogger("edgefleet.router")
 
 
 def opt(*names: str, **kw: Any):
-    long = next(n for n in names if n.startswith("--"))
+    long = next(n for n in names if n.startswith("--")).split("/")[0]  # "--x/--no-x" -> "--x"
     kw.setdefault("show_envvar", True)
     return click.option(*names, envvar="EDGEFLEET_ROUTER_" + long[2:].upper().replace("-", "_"), **kw)
 

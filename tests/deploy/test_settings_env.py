@@ -12,7 +12,7 @@ from tests.deploy.helpers import command
 
 # Boolean on/off pairs whose variable name was derived from "--x/--no-x": reported to their
 # owners; xfail (not strict) so the fix shows up as XPASS instead of breaking the suite.
-KNOWN_BROKEN = {("router", "discover")}
+KNOWN_BROKEN: set[tuple[str, str]] = set()
 
 
 def _settings() -> list:
