@@ -141,7 +141,10 @@ async def test_scripted_timings(scripted, chat):
     res = await run(scripted, ["basic", "one", "empty_first", "fail"], chat=chat)
     ttft, itls, lat = res["ttfts"], res["itls"], res["latencies"]
     assert ttft[0] == pytest.approx(0.2, abs=TOL)
-    assert itls[0] == pytest.approx([0.1, 0.05, 0.15], abs=TOL)
+    # Nominal gaps only roughly: the scripted server shares this event loop, so a stall can
+    # delay a send (seen once in a full-suite run: +51 ms). The exact check is against the
+    # server's own send times below.
+    assert itls[0] == pytest.approx([0.1, 0.05, 0.15], abs=3 * TOL)
     assert lat[0] == pytest.approx(0.5, abs=TOL)  # the usage chunk 100 ms later does not count
     assert res["output_lens"][:3] == [6, 1, 2] and res["input_lens"][:3] == [4, 3, 2]  # from usage
     assert ttft[1] == pytest.approx(0.15, abs=TOL) and itls[1] == []
