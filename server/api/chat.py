@@ -11,8 +11,8 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
 
 from server.api.deps import get_ready_runtime, require_json
-from server.api.errors import ApiError, InvalidRequest, ModelNotFound
-from server.api.generation import ClientGone, Generation, new_id, resolve_max_tokens, until_disconnect
+from server.api.errors import InvalidRequest, ModelNotFound
+from server.api.generation import ClientGone, Generation, new_id, resolve_max_tokens, start_stream, until_disconnect
 from server.api.protocol import ChatCompletionRequest, NamedToolChoice, finite_or_none
 from server.api.sse import event, sse_response
 from server.api.toolstream import ToolCallGate
@@ -173,22 +173,14 @@ async def _stream(gen: Generation, req: ChatCompletionRequest, mode: str, reques
                   headers: dict[str, str]) -> Response:
     created = int(time.time())
     base = {"id": gen.request_id, "object": "chat.completion.chunk", "created": created, "model": req.model}
-    stream = gen.stream()
-    # Wait for the first step before sending headers: an input the engine refuses is then a
-    # plain 400, and a client that leaves while queued is noticed (C4).
-    try:
-        first = await until_disconnect(request, anext(stream, None))
-    except ClientGone:
-        await stream.aclose()
+    stream = await start_stream(request, gen)
+    if stream is None:
         return Response(status_code=499)
-    except ApiError:
-        await stream.aclose()
-        raise
-    return sse_response(_events(gen, req, mode, base, first, stream), headers=headers)
+    return sse_response(_events(gen, req, mode, base, stream), headers=headers)
 
 
 async def _events(gen: Generation, req: ChatCompletionRequest, mode: str, base: dict[str, Any],
-                  first: tuple[int, Delta] | None, stream: AsyncIterator[tuple[int, Delta]]) -> AsyncIterator[bytes]:
+                  stream: AsyncIterator[tuple[int, Delta]]) -> AsyncIterator[bytes]:
     started = [False] * gen.n
     texts = [""] * gen.n
     call_ids = [new_call_id() for _ in range(gen.n)]
@@ -197,13 +189,7 @@ async def _events(gen: Generation, req: ChatCompletionRequest, mode: str, base: 
     tool_dicts = [t.model_dump(exclude_none=True) for t in req.tools or []]
     gates = [ToolCallGate(getattr(parser, "start_marker", None)) for _ in range(gen.n)]
 
-    async def items() -> AsyncIterator[tuple[int, Delta]]:
-        if first is not None:
-            yield first
-        async for item in stream:
-            yield item
-
-    async for i, d in items():
+    async for i, d in stream:
         completion += len(d.token_ids)
         texts[i] += d.text
         delta: dict[str, Any] = {}

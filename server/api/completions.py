@@ -10,8 +10,8 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
 
 from server.api.deps import get_ready_runtime, require_json
-from server.api.errors import ApiError, InvalidRequest, ModelNotFound
-from server.api.generation import ClientGone, Generation, new_id, resolve_max_tokens, until_disconnect
+from server.api.errors import InvalidRequest, ModelNotFound
+from server.api.generation import ClientGone, Generation, new_id, resolve_max_tokens, start_stream, until_disconnect
 from server.api.protocol import CompletionRequest, finite_or_none
 from server.api.sse import event, sse_response
 from server.engine.base import Delta, PositionLogprobs
@@ -78,16 +78,10 @@ async def create_completion(body: CompletionRequest, request: Request,
     echo = (prompt_text or "") if body.echo else ""
     headers = {"X-Request-Id": rid}
     if body.stream:
-        stream = gen.stream()
-        try:
-            first = await until_disconnect(request, anext(stream, None))
-        except ClientGone:
-            await stream.aclose()
+        stream = await start_stream(request, gen)
+        if stream is None:
             return Response(status_code=499)
-        except ApiError:
-            await stream.aclose()
-            raise
-        return sse_response(_events(gen, body, first, stream, echo), headers=headers)
+        return sse_response(_events(gen, body, stream, echo), headers=headers)
     try:
         result = await until_disconnect(request, _collect(gen, body, echo))
     except ClientGone:
@@ -115,20 +109,14 @@ async def _collect(gen: Generation, req: CompletionRequest, echo: str) -> dict[s
                       "total_tokens": n_prompt + completion}}
 
 
-async def _events(gen: Generation, req: CompletionRequest, first: tuple[int, Delta] | None,
-                  stream: AsyncIterator[tuple[int, Delta]], echo: str) -> AsyncIterator[bytes]:
+async def _events(gen: Generation, req: CompletionRequest, stream: AsyncIterator[tuple[int, Delta]],
+                  echo: str) -> AsyncIterator[bytes]:
     base = {"id": gen.request_id, "object": "text_completion", "created": int(time.time()), "model": req.model}
     echoed = [False] * gen.n
     offsets = [len(echo)] * gen.n
     completion = 0
 
-    async def items() -> AsyncIterator[tuple[int, Delta]]:
-        if first is not None:
-            yield first
-        async for item in stream:
-            yield item
-
-    async for i, d in items():
+    async for i, d in stream:
         completion += len(d.token_ids)
         text = d.text
         if echo and not echoed[i]:

@@ -187,3 +187,30 @@ async def until_disconnect(request: Request, work: Awaitable[T]) -> T:
         watcher.cancel()
         if not task.done():
             task.cancel()
+
+
+async def start_stream(request: Request, gen: Generation) -> AsyncIterator[tuple[int, Delta]] | None:
+    """Wait for the first engine step before any byte is sent, so input the engine refuses is
+    still a plain 400 and a client that leaves while queued is noticed (C4). Returns the whole
+    stream (first step included), or None when the client has gone."""
+    stream = gen.stream()
+    try:
+        first = await until_disconnect(request, anext(stream, None))
+    except ClientGone:
+        await stream.aclose()
+        return None
+    except BaseException:
+        await stream.aclose()
+        raise
+
+    async def chained() -> AsyncIterator[tuple[int, Delta]]:
+        try:
+            if first is not None:
+                yield first
+            async for item in stream:
+                yield item
+        finally:
+            await stream.aclose()
+
+    return chained()
+
