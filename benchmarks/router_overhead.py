@@ -237,11 +237,14 @@ def main() -> None:
     ap.add_argument("--litellm", default=None, help="path of a `litellm` binary (in a throwaway venv)")
     ap.add_argument("--out", default="results/router_overhead")
     args = ap.parse_args()
-    res = asyncio.run(run(args))
-    out = Path(args.out)
+    save(asyncio.run(run(args)), Path(args.out), markdown)
+
+
+def save(res: dict, out: Path, render) -> None:
+    """Write ``out``.json and ``out``.md (from ``render``) and print the Markdown."""
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(res, indent=2))
-    md = markdown(res)
+    md = render(res)
     out.with_suffix(".md").write_text(md)
     print(md)
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import shutil
 import tempfile
 import time
@@ -32,7 +31,7 @@ import numpy as np
 from benchmarks.client import Endpoint, SampleRequest, make_client, send
 from benchmarks.load import arrival_offsets, run_load
 from benchmarks.metrics import is_good, parse_goodput, summarize
-from benchmarks.router_overhead import MODEL, Proc, router, sim_node
+from benchmarks.router_overhead import MODEL, Proc, router, save, sim_node
 
 POLICIES = ("round_robin", "random", "least_loaded", "nearest_idle")
 
@@ -231,13 +230,7 @@ def main() -> None:
     ap.add_argument("--goodput", nargs="+", default=["ttft:1000", "tpot:100"])
     ap.add_argument("--out", default="results/routing_quality")
     args = ap.parse_args()
-    res = asyncio.run(run(args))
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(res, indent=2))
-    md = markdown(res)
-    out.with_suffix(".md").write_text(md)
-    print(md)
+    save(asyncio.run(run(args)), Path(args.out), markdown)
 
 
 if __name__ == "__main__":

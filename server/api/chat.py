@@ -11,8 +11,16 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
 
 from server.api.deps import get_ready_runtime, require_json
-from server.api.errors import InvalidRequest, ModelNotFound
-from server.api.generation import ClientGone, Generation, new_id, resolve_max_tokens, start_stream, until_disconnect
+from server.api.errors import InvalidRequest
+from server.api.generation import (
+    ClientGone,
+    Generation,
+    check_model_and_n,
+    new_id,
+    resolve_max_tokens,
+    start_stream,
+    until_disconnect,
+)
 from server.api.protocol import ChatCompletionRequest, NamedToolChoice, finite_or_none
 from server.api.sse import event, sse_response
 from server.api.toolstream import ToolCallGate
@@ -103,22 +111,13 @@ def _logprobs_json(items: list[PositionLogprobs] | None) -> list[dict[str, Any]]
 @router.post("/v1/chat/completions", dependencies=[Depends(require_json)])
 async def create_chat_completion(body: ChatCompletionRequest, request: Request,
                                  runtime: Annotated[NodeRuntime, Depends(get_ready_runtime)]) -> Response:
-    info = runtime.engine.info
-    if body.model != info.id:
-        raise ModelNotFound(f"The model '{body.model[:100]}' does not exist on this node; it serves '{info.id}'.",
-                            param="model")
-    if body.n > runtime.settings.max_n:
-        raise InvalidRequest(f"n must be at most {runtime.settings.max_n}.", param="n")
+    check_model_and_n(runtime, body.model, body.n)
     mode = tool_mode(body)
     prompt = _render(runtime, body, mode)
     max_tokens = resolve_max_tokens(runtime, len(prompt), body.requested_max_tokens())
     sampling = body.to_sampling(max_tokens)
-    if (schema := _forced_schema(body, mode)) is not None:
-        sampling.json_schema = schema
-    elif body.response_format and body.response_format.type == "json_schema":
-        sampling.json_schema = body.response_format.json_schema.schema_  # type: ignore[union-attr]
-    elif body.response_format and body.response_format.type == "json_object":
-        sampling.json_object = True
+    if (schema := _forced_schema(body, mode)) is not None:  # a forced tool call wins over response_format
+        sampling.json_schema, sampling.json_object = schema, False
     rid = new_id("chatcmpl")
     gen = Generation(runtime, rid, prompt, sampling, body.n)
     headers = {"X-Request-Id": rid}

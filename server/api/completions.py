@@ -10,8 +10,16 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
 
 from server.api.deps import get_ready_runtime, require_json
-from server.api.errors import InvalidRequest, ModelNotFound
-from server.api.generation import ClientGone, Generation, new_id, resolve_max_tokens, start_stream, until_disconnect
+from server.api.errors import InvalidRequest
+from server.api.generation import (
+    ClientGone,
+    Generation,
+    check_model_and_n,
+    new_id,
+    resolve_max_tokens,
+    start_stream,
+    until_disconnect,
+)
 from server.api.protocol import CompletionRequest, finite_or_none
 from server.api.sse import event, sse_response
 from server.engine.base import Delta, PositionLogprobs
@@ -58,21 +66,12 @@ class _Logprobs:
 @router.post("/v1/completions", dependencies=[Depends(require_json)])
 async def create_completion(body: CompletionRequest, request: Request,
                             runtime: Annotated[NodeRuntime, Depends(get_ready_runtime)]) -> Response:
-    info = runtime.engine.info
-    if body.model != info.id:
-        raise ModelNotFound(f"The model '{body.model[:100]}' does not exist on this node; it serves '{info.id}'.",
-                            param="model")
-    if body.n > runtime.settings.max_n:
-        raise InvalidRequest(f"n must be at most {runtime.settings.max_n}.", param="n")
+    check_model_and_n(runtime, body.model, body.n)
     prompt, prompt_text = _prompt_ids(runtime, body)
     if not prompt:
         raise InvalidRequest("prompt must not be empty.", param="prompt")
     max_tokens = resolve_max_tokens(runtime, len(prompt), body.max_tokens)
     sampling = body.to_sampling(max_tokens)
-    if body.response_format and body.response_format.type == "json_schema":
-        sampling.json_schema = body.response_format.json_schema.schema_  # type: ignore[union-attr]
-    elif body.response_format and body.response_format.type == "json_object":
-        sampling.json_object = True
     rid = new_id("cmpl")
     gen = Generation(runtime, rid, prompt, sampling, body.n)
     echo = (prompt_text or "") if body.echo else ""

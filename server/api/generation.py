@@ -23,6 +23,7 @@ from server.api.errors import (
     EngineUnavailable,
     InternalError,
     InvalidRequest,
+    ModelNotFound,
     NotReady,
 )
 from server.engine.base import (
@@ -45,6 +46,15 @@ class ClientGone(Exception):
 
 def new_id(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex}"
+
+
+def check_model_and_n(runtime: NodeRuntime, model: str, n: int) -> None:
+    info = runtime.engine.info
+    if model != info.id:
+        raise ModelNotFound(f"The model '{model[:100]}' does not exist on this node; it serves '{info.id}'.",
+                            param="model")
+    if n > runtime.settings.max_n:
+        raise InvalidRequest(f"n must be at most {runtime.settings.max_n}.", param="n")
 
 
 def resolve_max_tokens(runtime: NodeRuntime, prompt_tokens: int, requested: int | None) -> int:

@@ -166,6 +166,7 @@ class _SamplingFields(_Strict):
     temperature: Temperature | None = None
     top_p: float | None = Field(None, gt=0.0, le=1.0)
     user: str | None = None
+    response_format: ResponseFormat | None = None
 
     # --- extensions (vLLM-compatible) -------------------------------------------------
     top_k: StrictInt | None = Field(None, ge=-1, description="Sample from the k most likely tokens; 0 or -1: off.")
@@ -219,6 +220,7 @@ class _SamplingFields(_Strict):
         return bool(self.stream and self.stream_options and self.stream_options.include_usage)
 
     def _sampling(self, max_tokens: int, logprobs: int | None) -> SamplingOptions:
+        fmt = self.response_format
         return SamplingOptions(
             max_tokens=max_tokens,
             temperature=1.0 if self.temperature is None else self.temperature,
@@ -235,6 +237,8 @@ class _SamplingFields(_Strict):
             ignore_eos=self.ignore_eos,
             logprobs=logprobs,
             logit_bias={int(k): float(b) for k, b in (self.logit_bias or {}).items()} or None,
+            json_schema=fmt.json_schema.schema_ if fmt and fmt.type == "json_schema" and fmt.json_schema else None,
+            json_object=bool(fmt and fmt.type == "json_object"),
         )
 
 
@@ -242,7 +246,6 @@ class ChatCompletionRequest(_SamplingFields):
     messages: list[ChatMessage] = Field(min_length=1)
     logprobs: StrictBool = False
     max_completion_tokens: StrictInt | None = Field(None, ge=1)
-    response_format: ResponseFormat | None = None
     tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
     tools: list[Tool] | None = Field(None, max_length=MAX_TOOLS)
     top_logprobs: StrictInt | None = Field(None, ge=0, le=MAX_TOP_LOGPROBS)
@@ -275,7 +278,6 @@ class CompletionRequest(_SamplingFields):
     suffix: str | None = None
     best_of: StrictInt | None = None
     max_tokens: StrictInt | None = Field(16, ge=1)
-    response_format: ResponseFormat | None = None
 
     @field_validator("prompt")
     @classmethod

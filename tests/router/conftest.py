@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -16,13 +15,10 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.nodeproc import free_port
+
 EDGEFLEET = str(Path(sys.executable).with_name("edgefleet"))
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @dataclass
