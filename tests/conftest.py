@@ -20,8 +20,14 @@ def demo_model_dir() -> Path:
     return ensure_demo_model()
 
 
-def vllm_node_args(model_dir: Path, *extra: str) -> list[str]:
-    return ["--model", str(model_dir), "--enforce-eager", "--kv-cache-gb", "0.25", "--max-model-len", "1024", *extra]
+# The shared nodes' context. Long enough that requests holding every slot (C2, C4) stay in
+# flight for tens of seconds even on a 2-core machine whose CPU the test process shares.
+CONTEXT = 4096
+
+
+def vllm_node_args(model_dir: Path, *extra: str, context: int = 1024) -> list[str]:
+    return ["--model", str(model_dir), "--enforce-eager", "--kv-cache-gb", "0.25", "--max-model-len", str(context),
+            *extra]
 
 
 ENGINES = ["vllm", "native"]
@@ -33,8 +39,8 @@ def node(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactor
     to start), then edgefleet's native engine. pytest runs every test on one before the other."""
     engine = request.param
     tmp = tmp_path_factory.mktemp(f"node-{engine}")
-    args = vllm_node_args(demo_model_dir) if engine == "vllm" else [
-        "--engine", "native", "--model", str(demo_model_dir), "--max-model-len", "1024", "--kv-cache-gb", "0.25"]
+    args = vllm_node_args(demo_model_dir, context=CONTEXT) if engine == "vllm" else [
+        "--engine", "native", "--model", str(demo_model_dir), "--max-model-len", str(CONTEXT), "--kv-cache-gb", "0.25"]
     proc = NodeProcess(*args, "--max-num-seqs", "4", "--max-queued-requests", "4", "--state-dir", str(tmp / "state"),
                        "--name", "e2e-node", "--zone", "test", "--label", "rack=1",
                        log_path=tmp / "node.log", api_key=NODE_KEY)

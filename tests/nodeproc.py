@@ -7,6 +7,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -87,3 +88,54 @@ class NodeProcess:
             pass
         self.log.close()
         return self.proc.returncode
+
+
+class StreamHolder:
+    """A streaming completion that holds one of a node's sequence slots until ``release()``.
+
+    It reads raw bytes without parsing SSE lines: on a 2-core machine the test process shares
+    the CPU with the node, and every cycle it spends slows the node's answers to the test.
+    ``finished`` tells whether the stream ended without ``release()``, so a test can tell "the
+    slot was still held" apart from "the request had already ended".
+    """
+
+    def __init__(self, node: NodeProcess, model: str, *, max_tokens: int = 900, prompt: str = "hello"):
+        self.node, self.model, self.max_tokens, self.prompt = node, model, max_tokens, prompt
+        self.status: int | None = None
+        self.error: str | None = None
+        self.finished_at: float | None = None  # when the stream ended without release(), however it ended
+        self.tail = b""
+        self._release = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    @property
+    def finished(self) -> bool:
+        return self.finished_at is not None
+
+    def _run(self) -> None:
+        body = {"model": self.model, "prompt": self.prompt, "max_tokens": self.max_tokens, "stream": True,
+                "ignore_eos": True}
+        try:
+            with httpx.stream("POST", self.node.url + "/v1/completions", headers=self.node.headers, json=body,
+                              timeout=120) as r:
+                self.status = r.status_code
+                for chunk in r.iter_raw():
+                    self.tail = (self.tail + chunk)[-300:]
+                    if self._release.is_set():
+                        return  # leaving the context manager closes the connection: a disconnect
+                self.finished_at = time.monotonic()
+        except httpx.HTTPError as exc:
+            self.error = repr(exc)
+
+    def join(self, timeout: float = 120) -> None:
+        """Wait for the stream to end on its own."""
+        self._thread.join(timeout)
+
+    def release(self, timeout: float = 60) -> None:
+        self._release.set()
+        self._thread.join(timeout)
+
+
+def hold_slots(node: NodeProcess, model: str, count: int, **kw) -> list[StreamHolder]:
+    return [StreamHolder(node, model, **kw) for _ in range(count)]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 import time
 
 import httpx
@@ -10,7 +9,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from server.capacity.schema import SCHEMA_VERSION, Capacity
-from tests.conftest import DEMO
+from tests.conftest import CONTEXT, DEMO
+from tests.nodeproc import hold_slots
 
 pytestmark = pytest.mark.e2e
 
@@ -30,7 +30,7 @@ def test_identity_models_and_cpu_accelerator(node):
     assert ident["engine"] == node.engine and ident["simulated"] is False and len(ident["node_id"]) >= 8
     assert doc["state"] == "ready"
     (model,) = doc["models"]
-    assert model["id"] == DEMO and model["max_model_len"] == 1024 and model["random_weights"] is True
+    assert model["id"] == DEMO and model["max_model_len"] == CONTEXT and model["random_weights"] is True
     assert doc["cpu_only"] is True
     (acc,) = doc["accelerators"]
     assert acc["kind"] == "cpu" and acc["memory_total_bytes"] > 0
@@ -39,33 +39,28 @@ def test_identity_models_and_cpu_accelerator(node):
 
 def test_capacity_moves_under_load_and_settles(node):
     before = cap(node)
-    stop = threading.Event()
-
-    def load():
-        with httpx.stream("POST", node.url + "/v1/completions", headers=node.headers, timeout=120,
-                          json={"model": DEMO, "prompt": "hello " * 50, "max_tokens": 300, "stream": True,
-                                "ignore_eos": True}) as r:
-            for _ in r.iter_lines():
-                if stop.is_set():
-                    return
-
-    threads = [threading.Thread(target=load) for _ in range(3)]
-    for t in threads:
-        t.start()
+    holders = hold_slots(node, DEMO, 3, prompt="hello " * 50, max_tokens=CONTEXT - 100)
     busy = None
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        doc = cap(node)
-        if doc["load"]["running"] >= 3:
-            busy = doc
-            break
-        time.sleep(0.05)
-    for t in threads:
-        t.join(120)
-    assert busy is not None, "running count never reached 3"
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            doc = cap(node)
+            if doc["load"]["running"] >= 3:
+                busy = doc
+                break
+            time.sleep(0.05)
+    finally:
+        for h in holders:
+            h.release()
+    assert not any(h.finished or h.error for h in holders), [(h.error, h.tail) for h in holders]
+    assert busy is not None, f"running count never reached 3: {doc['load']}"
     assert busy["idle"] is False and busy["load"]["kv_cache_usage"] > 0
     assert busy["load"]["kv_free_tokens"] < busy["load"]["kv_total_tokens"]
     assert busy["admission"]["in_flight"] == 3
+    for _ in range(3):  # requests that finish feed the recent-latency window
+        r = httpx.post(node.url + "/v1/completions", headers=node.headers, timeout=60,
+                       json={"model": DEMO, "prompt": "hello " * 50, "max_tokens": 16, "ignore_eos": True})
+        assert r.status_code == 200
     time.sleep(0.5)
     after = cap(node, prompt_tokens=100, max_tokens=10)
     assert after["idle"] is True and after["load"]["running"] == 0
@@ -74,7 +69,7 @@ def test_capacity_moves_under_load_and_settles(node):
     assert perf["ttft_p50_ms"] > 0 and perf["tpot_p50_ms"] > 0 and perf["prefill_tokens_per_s"] > 0
     pred = after["prediction"]
     assert pred["would_admit"] is True and pred["predicted_ttft_ms"] > 0 and "recent window" in pred["reason"]
-    refuse = cap(node, prompt_tokens=1000, max_tokens=100)["prediction"]
+    refuse = cap(node, prompt_tokens=CONTEXT - 50, max_tokens=100)["prediction"]
     assert refuse["would_admit"] is False and "max_model_len" in refuse["reason"]
 
 

@@ -8,7 +8,7 @@ import openai
 import pytest
 from openai import OpenAI
 
-from tests.conftest import DEMO
+from tests.conftest import CONTEXT, DEMO
 
 pytestmark = pytest.mark.e2e
 
@@ -27,7 +27,7 @@ def client(node) -> OpenAI:
 def test_models_lists_the_model_with_root_and_context(client):
     models = client.models.list().data
     assert [m.id for m in models] == [DEMO]
-    assert models[0].model_extra["max_model_len"] == 1024
+    assert models[0].model_extra["max_model_len"] == CONTEXT
     assert models[0].model_extra["root"].endswith(models[0].model_extra["root"].split("/")[-1])
 
 
@@ -57,8 +57,9 @@ def test_completion_and_echo(client):
 
 
 def test_streaming_usage_equals_tokens_streamed(client):
-    stream = client.chat.completions.create(model=DEMO, messages=MSG, max_tokens=20, stream=True,
-                                            stream_options={"include_usage": True}, logprobs=True)
+    stream = client.chat.completions.create(model=DEMO, messages=MSG, max_tokens=20, stream=True, seed=0,
+                                            stream_options={"include_usage": True}, logprobs=True,
+                                            extra_body={"ignore_eos": True})
     chunks = list(stream)
     content = [c for c in chunks if c.choices]
     assert content[0].choices[0].delta.role == "assistant"

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import json
 import socket
-import threading
 import time
 
 import httpx
 import pytest
 
-from tests.conftest import DEMO, NODE_KEY
+from tests.conftest import CONTEXT, DEMO, NODE_KEY
+from tests.nodeproc import hold_slots
 
 pytestmark = pytest.mark.e2e
 MSGS = [{"role": "user", "content": "hi"}]
@@ -43,14 +43,15 @@ def chat(**kw) -> dict:
 # --- A. request validation ---------------------------------------------------------------
 
 def test_a1_prompt_plus_max_tokens_over_context(node):
-    err = assert_error(post(node, chat(max_tokens=2000)), 400, param="max_tokens", code="context_length_exceeded")
-    assert "1024" in err["message"] and "2000" in err["message"]
+    too_many = CONTEXT + 1000
+    err = assert_error(post(node, chat(max_tokens=too_many)), 400, param="max_tokens", code="context_length_exceeded")
+    assert str(CONTEXT) in err["message"] and str(too_many) in err["message"]
 
 
 def test_a2_prompt_alone_over_context_is_refused_not_truncated(node):
-    long = [{"role": "user", "content": "hello " * 3000}]
+    long = [{"role": "user", "content": "hello " * (CONTEXT + 1000)}]
     assert_error(post(node, chat(messages=long, max_tokens=None)), 400, code="context_length_exceeded")
-    r = post(node, {"model": DEMO, "prompt": "hello " * 3000}, path="/v1/completions")
+    r = post(node, {"model": DEMO, "prompt": "hello " * (CONTEXT + 1000)}, path="/v1/completions")
     assert_error(r, 400, code="context_length_exceeded")
 
 
@@ -258,37 +259,23 @@ def _wait_idle(node, timeout=30.0) -> dict:
     raise AssertionError(f"node not idle: {cap}")
 
 
-def _long_stream(node, stop: threading.Event, results: list, max_tokens=900):
-    try:
-        with httpx.stream("POST", node.url + "/v1/completions", headers=node.headers, timeout=120,
-                          json={"model": DEMO, "prompt": "hello", "max_tokens": max_tokens, "stream": True,
-                                "ignore_eos": True}) as r:
-            results.append(r.status_code)
-            for _ in r.iter_lines():
-                if stop.is_set():
-                    return  # leaving the context manager closes the connection: a disconnect
-    except httpx.HTTPError as exc:
-        results.append(repr(exc))
-
-
 def test_c2_full_queue_answers_503_with_retry_after(node):
     _wait_idle(node)
-    stop, results = threading.Event(), []
     # max_num_seqs 4 + max_queued_requests 4: eight fit, the ninth is refused.
-    threads = [threading.Thread(target=_long_stream, args=(node, stop, results)) for _ in range(8)]
-    for t in threads:
-        t.start()
+    holders = hold_slots(node, DEMO, 8, max_tokens=CONTEXT - 16)
     try:
         deadline = time.monotonic() + 30
-        while _capacity(node)["admission"]["in_flight"] < 8 and time.monotonic() < deadline:
+        while (cap := _capacity(node))["admission"]["in_flight"] < 8 and time.monotonic() < deadline:
             time.sleep(0.1)
+        assert cap["admission"]["in_flight"] == 8, cap
         r = post(node, chat())
+        assert not any(h.error for h in holders), [h.error for h in holders]
+        assert not any(h.finished for h in holders), [h.tail for h in holders if h.finished]
         err = assert_error(r, 503, code="server_overloaded")
         assert int(r.headers["Retry-After"]) >= 1 and "retry" in err["message"].lower()
     finally:
-        stop.set()
-        for t in threads:
-            t.join(60)
+        for h in holders:
+            h.release()
     _wait_idle(node)
     assert post(node, chat()).status_code == 200
 
@@ -321,30 +308,33 @@ def test_c3_disconnect_non_streaming_aborts(node):
 
 def test_c4_disconnect_while_queued_is_never_run(node):
     _wait_idle(node)
-    stop, results = threading.Event(), []
-    threads = [threading.Thread(target=_long_stream, args=(node, stop, results)) for _ in range(4)]
-    for t in threads:
-        t.start()
+    before = httpx.get(node.url + "/metrics", headers=node.headers, timeout=10).text
+    holders = hold_slots(node, DEMO, 4, max_tokens=CONTEXT - 16)
     try:
         deadline = time.monotonic() + 30
         while _capacity(node)["load"]["running"] < 4 and time.monotonic() < deadline:
             time.sleep(0.1)
-        before = httpx.get(node.url + "/metrics", headers=node.headers, timeout=10).text
         with pytest.raises(httpx.ReadTimeout):
             httpx.post(node.url + "/v1/completions", headers={**node.headers, "content-type": "application/json"},
                        timeout=httpx.Timeout(30, read=1.0),
                        content=json.dumps({"model": DEMO, "prompt": "queued", "max_tokens": 5}))
-        deadline = time.monotonic() + 5  # the disconnect is noticed within a poll, not instantly
-        while (cap := _capacity(node))["admission"]["in_flight"] != 4 and time.monotonic() < deadline:
+        deadline = time.monotonic() + 15  # the disconnect is noticed within a poll, not instantly
+        while (cap := _capacity(node))["admission"]["in_flight"] > 4 and time.monotonic() < deadline:
             time.sleep(0.1)
-        assert cap["admission"]["in_flight"] == 4  # the queued one is gone, the four still run
+        assert [h.status for h in holders] == [200] * 4, [h.error for h in holders]
+        assert not any(h.finished for h in holders), [h.tail for h in holders if h.finished]
+        assert cap["admission"]["in_flight"] == 4 and cap["admission"]["queued"] == 0, cap["admission"]
     finally:
-        stop.set()
-        for t in threads:
-            t.join(60)
+        for h in holders:
+            h.release()
     _wait_idle(node)
     after = httpx.get(node.url + "/metrics", headers=node.headers, timeout=10).text
-    assert _count(after, 'finished_reason="length"') >= _count(before, 'finished_reason="length"')
+    # The four holders were ended by their clients (abort); had the queued request run, it
+    # would have finished with "length" (5 tokens of random weights) or "stop".
+    completed = sum(_count(after, f'finished_reason="{r}"') - _count(before, f'finished_reason="{r}"')
+                    for r in ("length", "stop"))
+    assert completed == 0
+    assert _count(after, 'finished_reason="abort"') - _count(before, 'finished_reason="abort"') >= 4
 
 
 def _count(metrics_text: str, label: str) -> float:
