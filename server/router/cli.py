@@ -83,8 +83,10 @@ def route(**kw: Any) -> None:
     app, _ = create_app(settings)
     click.echo(f"edgefleet router on http://{settings.host}:{settings.port} policy={settings.policy} "
                f"nodes={len(settings.nodes)} discover={settings.discover}", err=True)
+    # No X-Forwarded-* rewriting: nothing in the router reads the client address, and the
+    # middleware would run on every proxied request.
     uvicorn.run(app, host=settings.host, port=settings.port, log_level=kw["log_level"].lower(),
-                access_log=False, timeout_graceful_shutdown=5)
+                access_log=False, proxy_headers=False, timeout_graceful_shutdown=5)
 
 
 def build_settings(kw: dict[str, Any]):

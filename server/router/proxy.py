@@ -10,14 +10,12 @@ line exactly once.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import time
 from collections.abc import Awaitable
 from typing import Any, TypeVar
 
-import anyio
-import httpx
+import aiohttp
 from fastapi import Request
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
@@ -84,7 +82,7 @@ class Exchange:
         self.started = time.monotonic()
         self.usage: KeyUsage | None = None
         self.node: Node | None = None
-        self.resp: httpx.Response | None = None
+        self.resp: aiohttp.ClientResponse | None = None
         self.attempts: list[Attempt] = []
         self.status = 0
         self.error: str | None = None
@@ -107,8 +105,10 @@ class Exchange:
         self._done = True
         r = self.router
         if self.resp is not None:
-            with anyio.CancelScope(shield=True):
-                await self.resp.aclose()  # a client disconnect cancels the upstream request here
+            if self.resp.content.at_eof():
+                self.resp.release()  # the connection goes back to the pool
+            else:
+                self.resp.close()  # a client disconnect cancels the upstream request here
         if self.node is not None:
             self.node.on_done()
         now = time.monotonic()
@@ -141,7 +141,7 @@ class RelayResponse(Response):
     def __init__(self, ex: Exchange, headers: dict[str, str]):
         self.ex = ex
         self.body_done = False  # after this, a disconnect is just the client hanging up
-        self.status_code = ex.resp.status_code if ex.resp is not None else 502
+        self.status_code = ex.resp.status if ex.resp is not None else 502
         self.background = None
         self.init_headers(headers)
 
@@ -181,16 +181,16 @@ class RelayResponse(Response):
         usage_event = b""
         events = 0
         try:
-            async for chunk in ex.resp.aiter_raw():
+            async for chunk in ex.resp.content.iter_any():
                 if ex.ttft_ms is None:
                     ex.ttft_ms = (time.monotonic() - ex.started) * 1000.0
                 events += chunk.count(b"data: {")
                 if b'"usage"' in chunk:
                     usage_event = chunk
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
-        except (httpx.TransportError, httpx.StreamError) as exc:
+        except (aiohttp.ClientError, TimeoutError) as exc:
             now = time.monotonic()
-            if isinstance(exc, httpx.TimeoutException):
+            if isinstance(exc, TimeoutError):
                 ex.node.breaker.record_failure(now)
                 ex.error = "upstream_timeout"
             else:
@@ -255,7 +255,7 @@ async def forward(router: Router, request: Request, path: str,
         ex.status, ex.error = 499, "client_disconnected"
         await ex.finish()
         raise
-    ex.status = ex.resp.status_code
+    ex.status = ex.resp.status
     headers = {"x-edgefleet-node": ex.node.name, "x-request-id": ex.request_id,
                "content-type": ex.resp.headers.get("content-type", "application/json")}
     if "retry-after" in ex.resp.headers:
@@ -301,12 +301,12 @@ async def _unless_disconnected(request: Request, work: Awaitable[T]) -> T:
 async def _whole(request: Request, ex: Exchange, headers: dict[str, str]) -> Response:
     assert ex.resp is not None and ex.node is not None
     try:
-        body = await _unless_disconnected(request, ex.resp.aread())
+        body = await _unless_disconnected(request, ex.resp.read())
     except _ClientGone:
         ex.status, ex.error = 499, "client_disconnected"
         await ex.finish()  # closing the upstream makes the node abort the generation (C4)
         return Response(status_code=499)
-    except (httpx.TransportError, httpx.StreamError):
+    except (aiohttp.ClientError, TimeoutError):
         ex.node.breaker.trip(time.monotonic())
         ex.status, ex.error = 502, "upstream_error"
         await ex.finish()
