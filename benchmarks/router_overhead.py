@@ -1,5 +1,6 @@
 """Router overhead: streamed requests direct to a fast node vs through the router (and,
-as a reference, through the LiteLLM proxy), sequential and at concurrency 32.
+as references, through a bare passthrough proxy and the LiteLLM proxy), sequential and at
+concurrency 32.
 
     python -m benchmarks.router_overhead --out results/router_overhead [--litellm /tmp/litellm-venv/bin/litellm]
 
@@ -96,6 +97,12 @@ def router(nodes: list[str], logdir: Path, extra: list[str] = (), name: str = "r
     return spawn(args, name, logdir, "/ready", url=f"http://127.0.0.1:{port}")
 
 
+def passthrough(node_url: str, logdir: Path) -> Proc:
+    port = free_port()
+    return spawn([sys.executable, "-m", "benchmarks.passthrough_proxy", node_url, str(port)], "passthrough", logdir,
+                 "/ready", url=f"http://127.0.0.1:{port}")
+
+
 def litellm_proxy(binary: str, node_url: str, logdir: Path, master_key: str) -> Proc:
     port = free_port()
     cfg = logdir / "litellm.yaml"
@@ -168,6 +175,9 @@ async def run(args: argparse.Namespace) -> dict:
         procs.append(rt)
         eps = [Endpoint(node.url, MODEL, label="direct", backend="openai-chat"),
                Endpoint(rt.url, MODEL, label="edgefleet-router", backend="openai-chat", api_key=key)]
+        # The cost of a bare Python hop (uvicorn + aiohttp, no logic) on this machine.
+        procs.append(passthrough(node.url, logdir))
+        eps.append(Endpoint(procs[-1].url, MODEL, label="passthrough-floor", backend="openai-chat"))
         if args.litellm:
             procs.append(litellm_proxy(args.litellm, node.url, logdir, key))
             eps.append(Endpoint(procs[-1].url, MODEL, label="litellm-proxy", backend="openai-chat", api_key=key))
