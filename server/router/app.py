@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from contextlib import asynccontextmanager
+from contextvars import ContextVar
 from typing import Any
 
 import httpx
@@ -85,12 +86,30 @@ class FastPath:
         await response(scope, receive, send)
 
 
+_mcp_caller: ContextVar[str | None] = ContextVar("edgefleet_mcp_caller", default=None)
+
+
+class _AsCaller:
+    """Gives an in-process request the key id of the MCP client it runs for, so ``complete``
+    is limited, counted and audited as that key's call (the auth middleware is not on this
+    in-process path; it already checked the MCP request itself)."""
+
+    def __init__(self, app: ASGIApp):
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        key_id = _mcp_caller.get()
+        if key_id is not None:
+            scope = {**scope, "state": {**scope.get("state", {}), "key_id": key_id}}
+        await self.app(scope, receive, send)
+
+
 class LocalBackend:
     """MCP tools read the router's own state; ``complete`` goes through the proxy in-process."""
 
     def __init__(self, router: Router, app: FastAPI):
         self.router = router
-        self._client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://router",
+        self._client = httpx.AsyncClient(transport=httpx.ASGITransport(app=_AsCaller(app)), base_url="http://router",
                                          timeout=router.settings.read_timeout)
 
     async def models(self) -> list[dict[str, Any]]:
@@ -102,8 +121,12 @@ class LocalBackend:
     async def pick(self, model: str, prompt_tokens: int, max_tokens: int) -> dict[str, Any]:
         return pick_view(self.router, model, prompt_tokens, max_tokens)
 
-    async def chat(self, body: dict[str, Any]) -> tuple[int, dict[str, Any], str | None]:
-        resp = await self._client.post("/v1/chat/completions", json=body)
+    async def chat(self, body: dict[str, Any], key_id: str | None = None) -> tuple[int, dict[str, Any], str | None]:
+        token = _mcp_caller.set(key_id)
+        try:
+            resp = await self._client.post("/v1/chat/completions", json=body)
+        finally:
+            _mcp_caller.reset(token)
         return resp.status_code, resp.json(), resp.headers.get("x-edgefleet-node")
 
 

@@ -10,9 +10,11 @@ from __future__ import annotations
 from typing import Any, Protocol
 
 import httpx
-from mcp.server.mcpserver import MCPServer
+from mcp.server.mcpserver import Context, MCPServer
+from mcp.server.mcpserver.exceptions import ToolError
 
 from server import __version__
+from server.api.errors import ApiError
 
 INSTRUCTIONS = (
     "edgefleet routes OpenAI-compatible requests across a fleet of inference nodes. "
@@ -25,7 +27,9 @@ class FleetBackend(Protocol):
     async def models(self) -> list[dict[str, Any]]: ...
     async def nodes(self) -> list[dict[str, Any]]: ...
     async def pick(self, model: str, prompt_tokens: int, max_tokens: int) -> dict[str, Any]: ...
-    async def chat(self, body: dict[str, Any]) -> tuple[int, dict[str, Any], str | None]: ...
+    async def chat(self, body: dict[str, Any], key_id: str | None = None) -> tuple[int, dict[str, Any], str | None]:
+        """``key_id``: the client key that called the tool, when the transport authenticated one."""
+        ...
 
 
 def summarize_node(v: dict[str, Any]) -> dict[str, Any]:
@@ -59,28 +63,46 @@ def build_mcp(backend: FleetBackend) -> MCPServer:
         for v in await backend.nodes():
             if node in (v["name"], v.get("node_id"), v["url"]):
                 if v.get("capacity") is None:
-                    raise ValueError(f"node {node!r} has not answered a capacity poll yet")
+                    raise ToolError(f"node_not_polled: node {node!r} has not answered a capacity poll yet")
                 return v["capacity"]
-        raise ValueError(f"node {node!r} is not in this fleet")
+        raise ToolError(f"node_not_found: node {node!r} is not in this fleet")
 
     @mcp.tool()
     async def pick_node(model: str, prompt_tokens: int = 512, max_tokens: int = 256) -> dict[str, Any]:
         """The node that would answer first: its base URL, predicted TTFT in ms, and why."""
-        return await backend.pick(model, prompt_tokens, max_tokens)
+        try:
+            return await backend.pick(model, prompt_tokens, max_tokens)
+        except ApiError as err:
+            raise ToolError(f"{err.code}: {err.message}") from None
 
     @mcp.tool()
-    async def complete(model: str, messages: list[dict[str, Any]], max_tokens: int = 256) -> dict[str, Any]:
+    async def complete(model: str, messages: list[dict[str, Any]], max_tokens: int = 256,
+                       ctx: Context | None = None) -> dict[str, Any]:
         """Run a chat completion through the fleet; returns the text, the node that served it and usage."""
-        status, body, node = await backend.chat({"model": model, "messages": messages, "max_tokens": max_tokens})
+        status, body, node = await backend.chat({"model": model, "messages": messages, "max_tokens": max_tokens},
+                                                key_id=_caller_key(ctx))
         if status != 200:
             err = (body.get("error") or {}) if isinstance(body, dict) else {}
-            raise ValueError(f"HTTP {status}: {err.get('code')}: {err.get('message')}")
+            raise ToolError(f"{err.get('code')}: {err.get('message')} (HTTP {status})")
         choice = (body.get("choices") or [{}])[0]
         msg = choice.get("message") or {}
         return {"node": node, "content": msg.get("content"), "tool_calls": msg.get("tool_calls"),
                 "finish_reason": choice.get("finish_reason"), "usage": body.get("usage")}
 
     return mcp
+
+
+def _caller_key(ctx: Context | None) -> str | None:
+    """The key id the router's auth middleware attached to this MCP HTTP request (None on
+    stdio, where the HTTP backend authenticates with its own key)."""
+    if ctx is None:
+        return None
+    try:
+        request = ctx.request_context.request
+    except ValueError:
+        return None
+    scope = getattr(request, "scope", None) or {}
+    return (scope.get("state") or {}).get("key_id")
 
 
 class HttpBackend:
@@ -95,7 +117,7 @@ class HttpBackend:
         resp = await self.client.get(path, params=params or None)
         if resp.status_code != 200:
             err = resp.json().get("error", {}) if resp.headers.get("content-type", "").startswith("application/json") else {}
-            raise ValueError(f"router answered HTTP {resp.status_code}: {err.get('message', '')}")
+            raise ToolError(f"{err.get('code')}: {err.get('message', '')} (router answered HTTP {resp.status_code})")
         return resp.json()
 
     async def models(self) -> list[dict[str, Any]]:
@@ -107,6 +129,7 @@ class HttpBackend:
     async def pick(self, model: str, prompt_tokens: int, max_tokens: int) -> dict[str, Any]:
         return await self._get("/v1/fleet/pick", model=model, prompt_tokens=prompt_tokens, max_tokens=max_tokens)
 
-    async def chat(self, body: dict[str, Any]) -> tuple[int, dict[str, Any], str | None]:
+    async def chat(self, body: dict[str, Any], key_id: str | None = None) -> tuple[int, dict[str, Any], str | None]:
+        # The router authenticates this client by its own key; key_id is not ours to claim.
         resp = await self.client.post("/v1/chat/completions", json=body)
         return resp.status_code, resp.json(), resp.headers.get("x-edgefleet-node")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
 
 import httpx
 import httpx2
@@ -19,7 +18,8 @@ from tests.router.conftest import EDGEFLEET, fleet, wait_until
 pytestmark = pytest.mark.e2e
 
 MSG = [{"role": "user", "content": "hello"}]
-KEYS = {"alice": "alice-secret-key", "bob": "bob-secret-key", "carol": "carol-secret-key"}
+KEYS = {"alice": "alice-secret-key", "bob": "bob-secret-key", "carol": "carol-secret-key",
+        "dave": "dave-secret-key"}
 
 
 @pytest.fixture(scope="module")
@@ -47,6 +47,11 @@ max_concurrent = 1
 [[keys]]
 id = "carol"
 hash = "{hash_key(KEYS['carol'])}"
+
+[[keys]]
+id = "dave"
+hash = "{hash_key(KEYS['dave'])}"
+requests_per_min = 1
 ''')
     audit = launcher.tmp / "gw.audit.jsonl"
     router = launcher.router("--fleet", str(fleet_file), "--audit-log", str(audit), "--log-prompts",
@@ -160,8 +165,28 @@ async def test_mcp_over_streamable_http(gw):
                                                              "max_tokens": 3}))
         assert out["content"] == " tok tok tok" and out["node"] == "gw-node"
         bad = await client.call_tool("pick_node", {"model": "nope"})
-        assert bad.is_error
+        assert bad.is_error and "model_not_found: The model 'nope'" in bad.content[0].text  # an agent can act on it
+        gone = await client.call_tool("get_node_capacity", {"node": "nope"})
+        assert gone.is_error and "node_not_found:" in gone.content[0].text
     await http.aclose()
+
+
+async def test_mcp_complete_counts_and_limits_the_calling_key(gw):
+    """complete runs in-process past the auth middleware; it must still be the caller's call."""
+    router, audit = gw
+    http = httpx2.AsyncClient(headers={"authorization": f"Bearer {KEYS['dave']}"}, timeout=30)
+    async with Client(streamable_http_client(router.url + "/mcp", http_client=http)) as client:
+        args = {"model": "sim-model", "messages": MSG, "max_tokens": 2}
+        assert _tool_json(await client.call_tool("complete", args))["node"] == "gw-node"
+        over = await client.call_tool("complete", args)  # dave may make one request a minute
+        assert over.is_error and "rate_limit_exceeded: Rate limit exceeded" in over.content[0].text
+    await http.aclose()
+    usage = httpx.get(router.url + "/v1/usage", headers={"authorization": f"Bearer {KEYS['dave']}"},
+                      trust_env=False).json()
+    assert usage["keys"]["dave"]["requests"] == 1 and usage["keys"]["dave"]["completion_tokens"] == 2
+    lines = [json.loads(x) for x in audit.read_text().splitlines()]
+    assert {x["key_id"] for x in lines if x["status"] == 429} >= {"dave"}
+    assert "anonymous" not in {x["key_id"] for x in lines}
 
 
 async def test_mcp_http_needs_key_and_origin(gw):
