@@ -41,6 +41,8 @@ def _hash_key(ctx: click.Context, _p: click.Parameter, value: bool) -> None:
 @opt("--discover/--no-discover", default=None,
      help="Browse mDNS for nodes started with --advertise. Default: on when no node is given.")
 @opt("--discover-interface", "discover_interfaces", multiple=True, help="Interface address for mDNS (repeatable).")
+@opt("--discovered-node-key-file", type=click.Path(dir_okay=False), default=None,
+     help="File with the key the router presents to nodes found over mDNS (nodes that share one --api-key).")
 @opt("--host", default="127.0.0.1", show_default=True, help="Bind address. Non-loopback needs a key or --insecure.")
 @opt("--port", type=int, default=8080, show_default=True)
 @opt("--api-key", default=None, help="A client key the router accepts (id 'default'); more in the fleet file.")
@@ -112,6 +114,10 @@ def build_settings(kw: dict[str, Any]):
         keys.append(ApiKey("default", hash_key(key)))
     discover = kw["discover"] if kw["discover"] is not None else router_opts.get("discover", not specs)
     try:
+        discovered_key = read_key_file(kw["discovered_node_key_file"]) if kw["discovered_node_key_file"] else None
+    except (OSError, ValueError) as exc:
+        raise click.BadParameter(str(exc), param_hint="--discovered-node-key-file") from None
+    try:
         return RouterSettings(
             nodes=specs,
             policy=kw["policy"] or router_opts.get("policy", "nearest_idle"),
@@ -122,6 +128,7 @@ def build_settings(kw: dict[str, Any]):
             failure_threshold=kw["failure_threshold"], success_threshold=kw["success_threshold"],
             open_s=kw["open_seconds"], discover=bool(discover),
             discover_interfaces=list(kw["discover_interfaces"]) or None,
+            discovered_node_key=discovered_key,
             host=kw["host"], port=kw["port"], keys=KeyStore(keys), limits=limits,
             allowed_hosts=tuple(kw["allowed_hosts"]), allowed_origins=tuple(kw["allowed_origins"]),
             max_body_bytes=kw["max_body_bytes"], audit_log=kw["audit_log"], log_prompts=kw["log_prompts"],

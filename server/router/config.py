@@ -105,6 +105,7 @@ class RouterSettings:
     open_s: float = 2.0
     discover: bool = False
     discover_interfaces: list[str] | None = None
+    discovered_node_key: str | None = field(default=None, repr=False)  # presented to nodes found over mDNS
     host: str = "127.0.0.1"
     port: int = 8080
     keys: KeyStore = field(default_factory=KeyStore)

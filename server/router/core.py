@@ -104,6 +104,8 @@ class Router:
         self.audit.close()
 
     def _discovered(self, spec: NodeSpec) -> None:
+        if spec.api_key is None and self.settings.discovered_node_key:
+            spec.api_key = self.settings.discovered_node_key  # an announcement never carries a key
         node = self.registry.add(spec)
         log.info("discovered node %s at %s", node.name, node.url)
 

@@ -54,3 +54,24 @@ def test_router_discovers_advertised_node_process(launcher):
     node.stop()  # SIGTERM: the node sends an mDNS goodbye
     assert wait_until(lambda: not any(n["name"] == "mdns-node" for n in fleet(router)["nodes"]), timeout=15)
     assert httpx.get(router.url + "/ready", trust_env=False).status_code == 503
+
+
+def test_discovered_nodes_get_the_configured_node_key(launcher):
+    """A LAN fleet whose nodes share one --api-key: the router presents it to nodes it finds."""
+    import openai
+
+    from tests.router.conftest import fleet, wait_until
+
+    key_file = launcher.tmp / "node.key"
+    key_file.write_text("lan-node-key-0123456789\n")
+    router = launcher.router("--discover", "--discover-interface", "127.0.0.1", "--poll-interval", "0.3",
+                             "--discovered-node-key-file", str(key_file), name="r-mdns-key", wait_ready=False)
+    launcher.node("mdns-keyed", extra=["--advertise", "--api-key", "lan-node-key-0123456789"])
+    # Capacity polls carry the key too: without it the node would never become ready.
+    assert wait_until(lambda: any(n["name"] == "mdns-keyed" and n["ready"] for n in fleet(router)["nodes"]),
+                      timeout=15)
+    c = openai.OpenAI(base_url=router.url + "/v1", api_key="x", max_retries=0)
+    raw = c.chat.completions.with_raw_response.create(model="sim-model", messages=[{"role": "user", "content": "x"}],
+                                                      max_tokens=1)
+    assert raw.headers["x-edgefleet-node"] == "mdns-keyed"
+    assert "lan-node-key" not in str(fleet(router))
