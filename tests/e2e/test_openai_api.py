@@ -107,14 +107,16 @@ def test_stop_string_ends_generation_and_is_excluded(client):
 
 
 def test_logprobs_chat_and_completions(client):
-    r = client.chat.completions.create(model=DEMO, messages=MSG, max_tokens=5, logprobs=True, top_logprobs=3)
+    # A seed and ignore_eos: the random model must not sample EOS before the counted tokens.
+    pinned = {"seed": 0, "extra_body": {"ignore_eos": True}}
+    r = client.chat.completions.create(model=DEMO, messages=MSG, max_tokens=5, logprobs=True, top_logprobs=3, **pinned)
     lp = r.choices[0].logprobs.content
     assert len(lp) == 5
     for tok in lp:
         assert tok.logprob <= 0
         assert len(tok.top_logprobs) == 3
         assert tok.top_logprobs[0].logprob >= tok.top_logprobs[-1].logprob
-    c = client.completions.create(model=DEMO, prompt="hello", max_tokens=4, logprobs=2)
+    c = client.completions.create(model=DEMO, prompt="hello", max_tokens=4, logprobs=2, **pinned)
     assert len(c.choices[0].logprobs.tokens) == 4
     assert all(len(t) <= 2 for t in c.choices[0].logprobs.top_logprobs)
 
