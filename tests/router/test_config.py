@@ -46,3 +46,16 @@ def test_normalize_url():
     assert normalize_url("http://h:1/") == "http://h:1"
     with pytest.raises(ValueError):
         normalize_url("file:///etc/passwd")
+
+
+@pytest.mark.parametrize("content", [None, ""])
+def test_discovered_node_key_file_missing_or_empty_is_a_usage_error(tmp_path, content):
+    from click.testing import CliRunner
+
+    from server.router.cli import route
+
+    path = tmp_path / "node.key"
+    if content is not None:
+        path.write_text(content)
+    r = CliRunner().invoke(route, ["--discovered-node-key-file", str(path)])
+    assert r.exit_code == 2 and "--discovered-node-key-file" in r.output
