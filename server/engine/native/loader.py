@@ -199,10 +199,20 @@ def load_model(model_dir: Path, dtype_name: str = "auto", quantization: str | No
     norm = RMSNorm(ws.get("model.norm.weight").to(device, dtype), cfg.rms_norm_eps)
     max_pos = max(max_model_len or 0, cfg.max_position_embeddings)
     model = LlamaForCausalLM(cfg, embed, layers, norm, lm_head, max_pos).eval()
+    if device.type == "cpu" and _flag((options or {}).get("cpu_prepack", True)):
+        for m in model.modules():
+            if isinstance(m, DenseLinear):
+                m.prepack_onednn()
     weight_bytes = embed.numel() * embed.element_size() + _linear_bytes(model)
     if head_name == "model.embed_tokens" and isinstance(lm_head, DenseLinear):
         weight_bytes -= embed.numel() * embed.element_size()  # tied: stored once
     return LoadedModel(model, cfg, hf, dtype, plan.method, weight_bytes)
+
+
+def _flag(value: Any) -> bool:
+    if isinstance(value, str):
+        return value.strip().lower() not in ("0", "false", "no", "off")
+    return bool(value)
 
 
 def _build_layer(ws: Weights, cfg: LlamaConfig, i: int, plan: QuantPlan, dtype, device) -> DecoderLayer:
