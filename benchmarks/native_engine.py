@@ -11,6 +11,13 @@ token ids, fixed seed), greedy, ignore_eos. Per engine and batch size:
 - batch-1 decode as % of the memory-bandwidth floor: floor = weight bytes / bandwidth, with
   bandwidth measured here (a large tensor copy, bytes read + written).
 
+Each measurement starts with ``--settle`` idle seconds, then a 2-token warm-up request on
+the engine about to be measured. vLLM's worker keeps polling its shared-memory queue for 1 s
+after its last message, and that spin would land on whichever engine runs next; and on the
+VM these numbers come from, the first ~0.2 s of work after an idle second runs ~1.5x slower
+(more CPU time for the same work, no page faults), which would land on whichever engine
+follows the pause. Both engines get the same pause and the same warm-up.
+
 Both engines run with ``OMP_WAIT_POLICY=PASSIVE`` (set here before torch loads; vLLM's
 worker inherits it), the native engine's default on a shared CPU.
 
@@ -183,6 +190,10 @@ def main() -> None:
     ap.add_argument("--input-len", type=int, default=128)
     ap.add_argument("--output-len", type=int, default=32)
     ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--settle", type=float, default=2.0,
+                    help="seconds of idle before each measured run: vLLM's shared-memory readers "
+                         "busy-poll for 1 s after their last message, which would slow whichever "
+                         "engine runs next")
     ap.add_argument("--max-model-len", type=int, default=1024)
     ap.add_argument("--kv-gb", type=float, default=1.0)
     ap.add_argument("--native-threads", type=int, nargs="+", default=[NATIVE_DEFAULT_THREADS],
@@ -217,6 +228,8 @@ def main() -> None:
         for b in args.batch:
             prompts = (fresh(b), fresh(b))  # the same for both engines, new to both
             for e in order:
+                time.sleep(args.settle)  # the other engine goes idle ...
+                e.run(fresh(1), 2)  # ... and this one runs right before it is measured
                 m = measure(e, prompts, args.output_len)
                 m["round"] = r
                 samples.setdefault((e.name, b), []).append(m)
