@@ -208,8 +208,11 @@ def main() -> None:
     model = build_model(args.model_dir)
     rng = random.Random(0)
 
+    vocab = json.loads((model / "config.json").read_text())["vocab_size"]
+    low, high = min(1000, vocab // 4), min(100000, vocab)  # clear of the special tokens
+
     def fresh(b: int) -> list[list[int]]:
-        return [[rng.randrange(1000, 100000) for _ in range(args.input_len)] for _ in range(b)]
+        return [[rng.randrange(low, high) for _ in range(args.input_len)] for _ in range(b)]
 
     engines: list = []
     for n in args.engines:
