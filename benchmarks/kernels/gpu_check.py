@@ -39,6 +39,9 @@ def main() -> int:
     results["native engine vs transformers (cuda)"] = run(
         [py, "-m", "pytest", "-q", "tests/engine/native/test_native_vs_transformers.py",
          "-k", "greedy and llama"], 300)
+    # Decode steps captured as CUDA graphs give the plain path's tokens.
+    results["decode graphs (cuda)"] = run(
+        [py, "-m", "pytest", "-q", "tests/engine/native/test_native_decode_graphs.py"], 300)
     print("\n".join(f"{'PASS' if ok else 'FAIL'}  {k}" for k, ok in results.items()))
     return 0 if all(results.values()) else 1
 

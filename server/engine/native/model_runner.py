@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 
 from .attention import AttentionMetadata, PrefillChunk
+from .graphs import DecodeGraphs
 from .loader import LoadedModel
 from .sampler import SampleResult, SamplingRow, sample
 from .scheduler import ScheduledBatch
@@ -24,15 +25,49 @@ def kv_bytes_per_block(loaded: LoadedModel, block_size: int) -> int:
 
 class ModelRunner:
     def __init__(self, loaded: LoadedModel, num_blocks: int, block_size: int,
-                 device: torch.device | str = "cpu"):
+                 device: torch.device | str = "cpu", scratch_block: bool = False):
+        """``scratch_block``: allocate one block past ``num_blocks`` that the block manager
+        never hands out, for the padding rows of decode graphs."""
         self.model = loaded.model
         self.device = torch.device(device)
         self.block_size = block_size
+        self.num_blocks = num_blocks
         self.dtype = loaded.dtype
         c = loaded.config
-        shape = (2, num_blocks, block_size, c.num_kv_heads, c.head_dim)
+        shape = (2, num_blocks + int(scratch_block), block_size, c.num_kv_heads, c.head_dim)
         self.kv_caches = [torch.zeros(shape, dtype=loaded.dtype, device=self.device)
                           for _ in range(c.num_layers)]
+        self.graphs: DecodeGraphs | None = None
+
+    def enable_decode_graphs(self, max_num_seqs: int, max_model_len: int, replay: str = "cuda") -> None:
+        """Capture decode steps (see ``graphs.py``); needs ``scratch_block=True``."""
+        if self.kv_caches[0].shape[1] != self.num_blocks + 1:
+            raise ValueError("decode graphs need the runner built with scratch_block=True")
+        self.graphs = DecodeGraphs(self.model, self.kv_caches, self.block_size, max_num_seqs, max_model_len,
+                                   scratch_block=self.num_blocks, dtype=self.dtype, replay=replay)
+        self.graphs.capture()
+
+    def _graph_step(self, batch: ScheduledBatch) -> tuple[torch.Tensor, list[Sequence]] | None:
+        """Logits from a decode graph when every seq decodes one token; None otherwise."""
+        g = self.graphs
+        if g is None or not g.fits(len(batch.seqs)) or any(n != 1 for n in batch.num_new_tokens):
+            return None
+        bs = self.block_size
+        ids, positions, slots, tables, lens, rows, sampled = [], [], [], [], [], [], []
+        for i, seq in enumerate(batch.seqs):
+            p = seq.num_computed_tokens
+            ids.append(seq.token_ids[p])
+            positions.append(p)
+            slots.append(seq.block_table[p // bs] * bs + p % bs)
+            tables.append(seq.block_table[:p // bs + 1])
+            lens.append(p + 1)
+            if p + 1 == seq.num_tokens:
+                rows.append(i)
+                sampled.append(seq)
+        logits = g.run(ids, positions, slots, tables, lens)
+        if len(rows) != len(batch.seqs):
+            logits = logits[self._tensor(rows)]
+        return logits, sampled
 
     def _tensor(self, data, dtype=torch.long) -> torch.Tensor:
         return torch.tensor(data, dtype=dtype, device=self.device)
@@ -75,6 +110,9 @@ class ModelRunner:
 
     @torch.inference_mode()
     def forward_logits(self, batch: ScheduledBatch) -> tuple[torch.Tensor, list[Sequence]]:
+        graphed = self._graph_step(batch)
+        if graphed is not None:
+            return graphed
         ids, positions, meta, rows, sampled = self.prepare(batch)
         if not sampled:
             rows = rows[:0]

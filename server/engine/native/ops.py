@@ -23,6 +23,11 @@ def _triton_ok() -> bool:
     return True
 
 
+def triton_available() -> bool:
+    """A CUDA device and an importable Triton: the kernels in ``kernels/`` can run."""
+    return _triton_ok()
+
+
 def use_triton(t: torch.Tensor) -> bool:
     return t.is_cuda and _triton_ok()
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -10,9 +11,12 @@ from typing import Any
 import torch
 
 from ..base import ModelInfo, ProgressFn
+from . import ops
 from .llm_engine import EngineConfig, LLMEngine
 from .loader import load_model
 from .model_runner import ModelRunner, kv_bytes_per_block
+
+log = logging.getLogger(__name__)
 
 DEFAULT_KV_GB = 2.0
 
@@ -81,6 +85,23 @@ def engine_config(settings: Any, loaded, device: torch.device) -> EngineConfig:
                         enable_chunked_prefill=chunked)
 
 
+def decode_graph_mode(value: Any, device: torch.device) -> str | None:
+    """``decode_graphs``: auto (CUDA graphs on a GPU with Triton), on/cuda, off, or eager
+    (the graphs' static-buffer path without capture: how CPU tests check it)."""
+    v = str(value).strip().lower()
+    if v in ("off", "false", "0", "no", "none"):
+        return None
+    if v == "eager":
+        return "eager"
+    if v in ("auto", "on", "true", "1", "cuda"):
+        usable = device.type == "cuda" and ops.triton_available()
+        if v != "auto" and not usable:
+            raise ValueError("decode_graphs needs a CUDA device with Triton (the graphs replay the "
+                             "Triton attention kernel)")
+        return "cuda" if usable else None
+    raise ValueError(f"decode_graphs must be auto, on, off or eager, not {value!r}")
+
+
 def pick_device(opts: dict[str, Any]) -> torch.device:
     name = opts.get("device") or ("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
@@ -107,12 +128,26 @@ def build_engine(settings: Any, model_dir: Path, model_id: str,
     cfg = engine_config(settings, loaded, device)
     if progress:
         progress(f"allocating KV cache: {cfg.num_blocks} blocks of {cfg.block_size} tokens")
-    runner = ModelRunner(loaded, cfg.num_blocks, cfg.block_size, device)
+    graphs = decode_graph_mode(opts.get("decode_graphs", "auto"), device)
+    runner = ModelRunner(loaded, cfg.num_blocks, cfg.block_size, device, scratch_block=graphs is not None)
+    if graphs is not None:
+        if progress:
+            progress(f"capturing decode graphs for batch sizes up to {cfg.max_num_seqs}")
+        try:
+            runner.enable_decode_graphs(cfg.max_num_seqs, cfg.max_model_len, replay=graphs)
+        except Exception as exc:  # a node that decodes eagerly beats a node that does not start
+            if opts.get("decode_graphs", "auto") != "auto":
+                raise
+            log.warning("decode graph capture failed (%s: %s); decoding without graphs",
+                        type(exc).__name__, exc)
+            runner.graphs = None
     core = LLMEngine(runner, worker_tokenizer, cfg, eos_ids(model_dir, tokenizer))
     dtype = str(loaded.dtype).removeprefix("torch.")
     note = f"native engine on {device.type}"
     if loaded.quantization in ("int8", "int4"):
         note += f"; weight-only {loaded.quantization} quantized on load"
+    if runner.graphs is not None and runner.graphs.replay_mode == "cuda":
+        note += f"; decode steps replayed as CUDA graphs (batch <= {runner.graphs.max_batch})"
     info = ModelInfo(id=model_id, root=str(model_dir), max_model_len=cfg.max_model_len, dtype=dtype,
                      quantization=loaded.quantization, weight_bytes=loaded.weight_bytes,
                      random_weights=is_random_weights(model_dir), note=note)
