@@ -181,13 +181,16 @@ def _load_prequantized(ws: Weights, name: str, plan: QuantPlan) -> quant.Int4Wei
 def load_model(model_dir: Path, dtype_name: str = "auto", quantization: str | None = None,
                device: str | torch.device = "cpu", max_model_len: int | None = None,
                options: dict[str, Any] | None = None,
-               progress: Callable[[str], None] | None = None) -> LoadedModel:
+               progress: Callable[[str], None] | None = None,
+               weights: Weights | None = None) -> LoadedModel:
+    """``weights``: where tensors come from, if not the directory's safetensors (anything with
+    ``Weights``' ``get`` / ``maybe`` / ``in``; the GPU benchmark generates them on the device)."""
     device = torch.device(device)
     hf = read_config(model_dir)
     cfg = LlamaConfig.from_hf(hf)
     dtype = resolve_dtype(dtype_name, hf, device)
     plan = plan_quantization(quantization, hf, options or {})
-    ws = Weights(model_dir)
+    ws = weights if weights is not None else Weights(model_dir)
     layers = []
     for i in range(cfg.num_layers):
         if progress and i % 8 == 0:

@@ -108,7 +108,8 @@ def pick_device(opts: dict[str, Any]) -> torch.device:
 
 
 def build_engine(settings: Any, model_dir: Path, model_id: str,
-                 progress: ProgressFn | None = None) -> BuiltEngine:
+                 progress: ProgressFn | None = None, weights: Any = None) -> BuiltEngine:
+    """``weights``: a tensor source other than the directory's safetensors (see ``load_model``)."""
     from transformers import AutoTokenizer
 
     from ...demo_model import is_random_weights
@@ -124,7 +125,7 @@ def build_engine(settings: Any, model_dir: Path, model_id: str,
     # Rust state on encode, and sharing one across threads can fail with "Already borrowed".
     worker_tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
     loaded = load_model(model_dir, settings.dtype, settings.quantization, device,
-                        settings.max_model_len, opts, progress)
+                        settings.max_model_len, opts, progress, weights)
     cfg = engine_config(settings, loaded, device)
     if progress:
         progress(f"allocating KV cache: {cfg.num_blocks} blocks of {cfg.block_size} tokens")
