@@ -30,7 +30,8 @@ class KeyUsage:
     rate_limited: int = 0
     inflight: int = 0
     request_times: deque[float] = field(default_factory=deque)
-    token_log: deque[tuple[float, int]] = field(default_factory=deque)
+    token_log: deque[tuple[float, int]] = field(default_factory=deque)  # only under a token limit
+    tracks_tokens: bool = False
 
     def view(self) -> dict[str, int]:
         return {"requests": self.requests, "prompt_tokens": self.prompt_tokens,
@@ -61,6 +62,7 @@ class RateLimiter:
         """Admit one request for ``key_id`` or raise :class:`Limited`. Pair with :meth:`release`."""
         u = self._usage(key_id)
         lim = self.limits.get(key_id)
+        u.tracks_tokens = lim is not None and lim.tokens_per_min is not None
         if lim is not None:
             cutoff = now - WINDOW_S
             while u.request_times and u.request_times[0] <= cutoff:
@@ -90,7 +92,9 @@ class RateLimiter:
         usage.completion_tokens += completion_tokens
         if not ok:
             usage.errors += 1
-        if prompt_tokens + completion_tokens:
+        # Only a token limit reads the log (and prunes it on the next acquire): for any other
+        # key it would grow by one entry per request for the life of the router.
+        if usage.tracks_tokens and prompt_tokens + completion_tokens:
             usage.token_log.append((now, prompt_tokens + completion_tokens))
 
 

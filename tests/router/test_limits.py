@@ -41,3 +41,25 @@ def test_unlimited_keys_still_count_usage():
     rl.release(u, 1, 5, 7, False)
     assert rl.usage["anon"].view() == {"requests": 1, "prompt_tokens": 5, "completion_tokens": 7,
                                        "total_tokens": 12, "errors": 1, "rate_limited": 0, "inflight": 0}
+
+
+@pytest.mark.parametrize("limits", [None, KeyLimits(requests_per_min=10_000), KeyLimits(max_concurrent=4)])
+def test_per_request_logs_stay_bounded_without_a_token_limit(limits):
+    """A busy key must not grow memory per request: 20 000 requests over ~3 hours keep no
+    per-request entries unless a limit needs them, and then only one window's worth."""
+    rl = RateLimiter({"k": limits} if limits else None)
+    for i in range(20_000):
+        t = i * 0.5
+        rl.release(rl.acquire("k", t), t + 0.1, 10, 20, True)
+    u = rl.usage["k"]
+    assert u.requests == 20_000 and u.completion_tokens == 400_000  # usage still counted
+    assert len(u.token_log) == 0
+    assert len(u.request_times) <= (121 if limits else 0)  # pruned to the window
+
+
+def test_token_log_keeps_one_window_under_a_token_limit():
+    rl = RateLimiter({"k": KeyLimits(tokens_per_min=10**9)})
+    for i in range(2_000):
+        t = i * 1.0
+        rl.release(rl.acquire("k", t), t + 0.1, 1, 1, True)
+    assert len(rl.usage["k"].token_log) <= 61
