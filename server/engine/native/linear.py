@@ -54,8 +54,10 @@ class DenseLinear(nn.Module):
         w = self.weight
         if w is None or w.device.type != "cpu" or w.dtype != torch.bfloat16 or not onednn_bf16_available():
             return False
-        # batch-size hint None: the layout that measured fastest from 1 to 128 rows
-        self._onednn = torch.ops.mkldnn._reorder_linear_weight(w.data, None)
+        try:  # batch-size hint None: the layout that measured fastest from 1 to 128 rows
+            self._onednn = torch.ops.mkldnn._reorder_linear_weight(w.data, None)
+        except RuntimeError:  # a oneDNN build without it (e.g. some aarch64 wheels): stay dense
+            return False
         self.weight = None
         return True
 

@@ -40,6 +40,22 @@ def test_other_dtypes_stay_on_f_linear(dtype):
     assert lin.weight is not None
 
 
+def test_a_failed_prepack_keeps_the_dense_weight(monkeypatch):
+    """A oneDNN build that cannot reorder the weight leaves the layer on F.linear."""
+    import server.engine.native.linear as linear
+
+    def refuse(*_):
+        raise RuntimeError("reorder not supported on this build")
+
+    monkeypatch.setattr(linear, "onednn_bf16_available", lambda: True)
+    monkeypatch.setattr(torch.ops.mkldnn, "_reorder_linear_weight", refuse)
+    w = torch.randn(16, 8, dtype=torch.bfloat16)
+    lin = DenseLinear(w.clone())
+    assert lin.prepack_onednn() is False
+    x = torch.randn(3, 8, dtype=torch.bfloat16)
+    torch.testing.assert_close(lin(x), F.linear(x, w), rtol=0, atol=0)
+
+
 def test_loader_prepacks_bf16_on_cpu_unless_disabled(llama_dir):
     def kinds(model):
         return {m.weight is None for m in model.modules() if isinstance(m, DenseLinear)}
