@@ -137,7 +137,7 @@ def build_engine(settings: Any, model_dir: Path, model_id: str,
         try:
             runner.enable_decode_graphs(cfg.max_num_seqs, cfg.max_model_len, replay=graphs)
         except Exception as exc:  # a node that decodes eagerly beats a node that does not start
-            if opts.get("decode_graphs", "auto") != "auto":
+            if str(opts.get("decode_graphs", "auto")).strip().lower() != "auto":
                 raise
             log.warning("decode graph capture failed (%s: %s); decoding without graphs",
                         type(exc).__name__, exc)
