@@ -79,3 +79,21 @@ def test_graphs_need_the_scratch_block(llama_dir):
     core = make_core(llama_dir, decode_graphs="off")
     with pytest.raises(ValueError, match="scratch_block"):
         core.runner.enable_decode_graphs(8, 512, replay="eager")
+
+
+def test_a_failed_capture_under_auto_decodes_eagerly(llama_dir, monkeypatch, caplog):
+    """``auto`` must never keep a node from starting: a capture error becomes a warning and
+    the engine decodes without graphs; an explicit setting still fails loudly."""
+    from server.engine.native import model_runner, setup
+
+    def broken(self, *a, **kw):
+        raise RuntimeError("capture failed on this driver")
+
+    monkeypatch.setattr(setup, "decode_graph_mode", lambda value, device: "eager")  # as if on a GPU
+    monkeypatch.setattr(model_runner.ModelRunner, "enable_decode_graphs", broken)
+    core = make_core(llama_dir)  # decode_graphs defaults to auto
+    assert core.runner.graphs is None
+    assert "decode graph capture failed" in caplog.text
+    assert tokens(run_all(core, [[5, 6, 7]], greedy(4)))["r0"]  # and it still generates
+    with pytest.raises(RuntimeError, match="capture failed"):
+        make_core(llama_dir, decode_graphs="eager")
