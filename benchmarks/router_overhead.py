@@ -133,8 +133,10 @@ async def sequential(client: httpx.AsyncClient, eps: list[Endpoint], n: int, out
                      ) -> dict[str, list[RequestRecord]]:
     out: dict[str, list[RequestRecord]] = {ep.label: [] for ep in eps}
     for i in range(n):
-        order = eps if i % 2 == 0 else list(reversed(eps))  # alternate who goes first
-        for ep in order:
+        # Rotate who goes first, so every target takes every position equally often (a plain
+        # A B C / C B A alternation would keep the middle target in the middle).
+        k = i % len(eps)
+        for ep in eps[k:] + eps[:k]:
             out[ep.label].append(await send(client, ep, request(output_len)))
     return out
 
