@@ -55,14 +55,14 @@ class RateLimiter:
     def _usage(self, key_id: str) -> KeyUsage:
         u = self.usage.get(key_id)
         if u is None:
-            u = self.usage[key_id] = KeyUsage()
+            lim = self.limits.get(key_id)
+            u = self.usage[key_id] = KeyUsage(tracks_tokens=lim is not None and lim.tokens_per_min is not None)
         return u
 
     def acquire(self, key_id: str, now: float) -> KeyUsage:
         """Admit one request for ``key_id`` or raise :class:`Limited`. Pair with :meth:`release`."""
         u = self._usage(key_id)
         lim = self.limits.get(key_id)
-        u.tracks_tokens = lim is not None and lim.tokens_per_min is not None
         if lim is not None:
             cutoff = now - WINDOW_S
             while u.request_times and u.request_times[0] <= cutoff:

@@ -39,7 +39,6 @@ class DenseLinear(nn.Module):
         super().__init__()
         self.weight = nn.Parameter(weight, requires_grad=False)
         self.bias = None if bias is None else nn.Parameter(bias, requires_grad=False)
-        self.out_features, self.in_features = weight.shape
         self._weight_bytes = weight.numel() * weight.element_size()
         self._onednn: torch.Tensor | None = None  # oneDNN's prepacked weight, replacing ``weight``
 

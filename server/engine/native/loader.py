@@ -202,7 +202,7 @@ def load_model(model_dir: Path, dtype_name: str = "auto", quantization: str | No
     norm = RMSNorm(ws.get("model.norm.weight").to(device, dtype), cfg.rms_norm_eps)
     max_pos = max(max_model_len or 0, cfg.max_position_embeddings)
     model = LlamaForCausalLM(cfg, embed, layers, norm, lm_head, max_pos).eval()
-    if device.type == "cpu" and _flag((options or {}).get("cpu_prepack", True)):
+    if device.type == "cpu" and not option_off((options or {}).get("cpu_prepack", True)):
         for m in model.modules():
             if isinstance(m, DenseLinear):
                 m.prepack_onednn()
@@ -212,10 +212,11 @@ def load_model(model_dir: Path, dtype_name: str = "auto", quantization: str | No
     return LoadedModel(model, cfg, hf, dtype, plan.method, weight_bytes)
 
 
-def _flag(value: Any) -> bool:
+def option_off(value: Any) -> bool:
+    """An engine option switched off: false/0/None, or a string such as "off" or "no"."""
     if isinstance(value, str):
-        return value.strip().lower() not in ("0", "false", "no", "off")
-    return bool(value)
+        return value.strip().lower() in ("0", "false", "no", "off", "none")
+    return not value
 
 
 def _build_layer(ws: Weights, cfg: LlamaConfig, i: int, plan: QuantPlan, dtype, device) -> DecoderLayer:

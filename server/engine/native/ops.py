@@ -13,7 +13,8 @@ from kernels import reference as ref
 
 
 @functools.cache
-def _triton_ok() -> bool:
+def triton_available() -> bool:
+    """A CUDA device and an importable Triton: the kernels in ``kernels/`` can run."""
     if not torch.cuda.is_available():
         return False
     try:
@@ -23,13 +24,8 @@ def _triton_ok() -> bool:
     return True
 
 
-def triton_available() -> bool:
-    """A CUDA device and an importable Triton: the kernels in ``kernels/`` can run."""
-    return _triton_ok()
-
-
 def use_triton(t: torch.Tensor) -> bool:
-    return t.is_cuda and _triton_ok()
+    return t.is_cuda and triton_available()
 
 
 def rms_norm(x, weight, eps, residual=None):
@@ -60,7 +56,7 @@ def rotary_qk(qk, num_q_heads, positions, cos_sin, tables=None):
 
 
 def rotary_tables(positions, cos_sin, dtype):
-    if positions.is_cuda and _triton_ok():
+    if positions.is_cuda and triton_available():
         return None  # the Triton kernel reads cos_sin directly
     return ref.rotary_tables(positions, cos_sin, dtype)
 

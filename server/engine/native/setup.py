@@ -13,7 +13,7 @@ import torch
 from ..base import ModelInfo, ProgressFn
 from . import ops
 from .llm_engine import EngineConfig, LLMEngine
-from .loader import load_model
+from .loader import load_model, option_off
 from .model_runner import ModelRunner, kv_bytes_per_block
 
 log = logging.getLogger(__name__)
@@ -88,9 +88,9 @@ def engine_config(settings: Any, loaded, device: torch.device) -> EngineConfig:
 def decode_graph_mode(value: Any, device: torch.device) -> str | None:
     """``decode_graphs``: auto (CUDA graphs on a GPU with Triton), on/cuda, off, or eager
     (the graphs' static-buffer path without capture: how CPU tests check it)."""
-    v = str(value).strip().lower()
-    if v in ("off", "false", "0", "no", "none"):
+    if option_off(value):
         return None
+    v = str(value).strip().lower()
     if v == "eager":
         return "eager"
     if v in ("auto", "on", "true", "1", "cuda"):
@@ -129,7 +129,8 @@ def build_engine(settings: Any, model_dir: Path, model_id: str,
     cfg = engine_config(settings, loaded, device)
     if progress:
         progress(f"allocating KV cache: {cfg.num_blocks} blocks of {cfg.block_size} tokens")
-    graphs = decode_graph_mode(opts.get("decode_graphs", "auto"), device)
+    graphs_opt = opts.get("decode_graphs", "auto")
+    graphs = decode_graph_mode(graphs_opt, device)
     runner = ModelRunner(loaded, cfg.num_blocks, cfg.block_size, device, scratch_block=graphs is not None)
     if graphs is not None:
         if progress:
@@ -137,7 +138,7 @@ def build_engine(settings: Any, model_dir: Path, model_id: str,
         try:
             runner.enable_decode_graphs(cfg.max_num_seqs, cfg.max_model_len, replay=graphs)
         except Exception as exc:  # a node that decodes eagerly beats a node that does not start
-            if str(opts.get("decode_graphs", "auto")).strip().lower() != "auto":
+            if str(graphs_opt).strip().lower() != "auto":
                 raise
             log.warning("decode graph capture failed (%s: %s); decoding without graphs",
                         type(exc).__name__, exc)
