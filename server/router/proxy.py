@@ -15,7 +15,6 @@ import time
 from collections.abc import Awaitable
 from typing import Any, TypeVar
 
-import aiohttp
 from fastapi import Request
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
@@ -27,6 +26,8 @@ from server.api.protocol import ChatCompletionRequest, CompletionRequest
 from server.router.core import Attempt, Router, new_request_id
 from server.router.limits import KeyUsage, Limited
 from server.router.registry import Node
+from server.router.upstream import Response as UpstreamResponse
+from server.router.upstream import UpstreamIOError
 
 CHARS_PER_TOKEN = 4
 T = TypeVar("T")
@@ -82,7 +83,7 @@ class Exchange:
         self.started = time.monotonic()
         self.usage: KeyUsage | None = None
         self.node: Node | None = None
-        self.resp: aiohttp.ClientResponse | None = None
+        self.resp: UpstreamResponse | None = None
         self.attempts: list[Attempt] = []
         self.status = 0
         self.error: str | None = None
@@ -105,10 +106,9 @@ class Exchange:
         self._done = True
         r = self.router
         if self.resp is not None:
-            if self.resp.content.at_eof():
-                self.resp.release()  # the connection goes back to the pool
-            else:
-                self.resp.close()  # a client disconnect cancels the upstream request here
+            # Read to the end: the connection goes back to the pool. Not (a client left):
+            # it is closed, and the node aborts the generation.
+            self.resp.release()
         if self.node is not None:
             self.node.on_done()
         now = time.monotonic()
@@ -181,14 +181,14 @@ class RelayResponse(Response):
         usage_event = b""
         events = 0
         try:
-            async for chunk in ex.resp.content.iter_any():
+            async for chunk in ex.resp.chunks(ex.router.settings.read_timeout):
                 if ex.ttft_ms is None:
                     ex.ttft_ms = (time.monotonic() - ex.started) * 1000.0
                 events += chunk.count(b"data: {")
                 if b'"usage"' in chunk:
                     usage_event = chunk
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
-        except (aiohttp.ClientError, TimeoutError) as exc:
+        except (UpstreamIOError, TimeoutError) as exc:
             now = time.monotonic()
             if isinstance(exc, TimeoutError):
                 ex.node.breaker.record_failure(now)
@@ -301,12 +301,12 @@ async def _unless_disconnected(request: Request, work: Awaitable[T]) -> T:
 async def _whole(request: Request, ex: Exchange, headers: dict[str, str]) -> Response:
     assert ex.resp is not None and ex.node is not None
     try:
-        body = await _unless_disconnected(request, ex.resp.read())
+        body = await _unless_disconnected(request, ex.resp.read(ex.router.settings.read_timeout))
     except _ClientGone:
         ex.status, ex.error = 499, "client_disconnected"
         await ex.finish()  # closing the upstream makes the node abort the generation (C4)
         return Response(status_code=499)
-    except (aiohttp.ClientError, TimeoutError):
+    except (UpstreamIOError, TimeoutError):
         ex.node.breaker.trip(time.monotonic())
         ex.status, ex.error = 502, "upstream_error"
         await ex.finish()

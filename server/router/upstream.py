@@ -1,0 +1,355 @@
+"""The proxy's connection to the nodes: keep-alive HTTP/1.1 on asyncio protocols + httptools.
+
+Every agent call crosses this twice (request out, SSE back), so it is kept to what the
+hop needs: one POST on a pooled connection, the response head, then the body as the
+node's socket yields it. Measured on the 2-core VM (docs/router.md), the same passthrough
+hop added 1.2-1.3 ms at p50 through aiohttp and 0.4-0.5 ms through this; the router's
+goal is 1 ms for the whole hop. httptools (the parser uvicorn uses) does the HTTP.
+
+Rules the proxy relies on:
+- ``request`` returns once the node's response head is in; the body is then read with
+  :meth:`Response.chunks` (streaming) or :meth:`Response.read` (whole).
+- A response must end in :meth:`Response.release`: a connection goes back to the pool
+  only if its response was read to the end; otherwise it is closed, which is how a client
+  disconnect reaches the node (it aborts the generation when its socket closes).
+- A pooled connection the node closed while idle is retried once on a new connection,
+  and only if not a byte of response came back: the node never saw that request.
+- Reading pauses the socket while more than ``HIGH_WATER`` bytes wait for a slow client,
+  so a fast node cannot grow the router's memory without bound.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from collections import deque
+from collections.abc import AsyncIterator
+from urllib.parse import urlsplit
+
+import httptools
+
+HIGH_WATER = 256 * 1024
+LOW_WATER = 64 * 1024
+
+
+class UpstreamIOError(Exception):
+    """The node's connection failed; the subclass says when."""
+
+
+class ConnectFailed(UpstreamIOError):
+    pass
+
+
+class ConnectTimeout(UpstreamIOError):
+    pass
+
+
+class Disconnected(UpstreamIOError):
+    """The node closed the connection before the response was complete."""
+
+
+class BadResponse(UpstreamIOError):
+    """The node sent something that is not HTTP/1.1."""
+
+
+class Origin:
+    """Where a node's requests go: scheme, host, port and the URL's path prefix."""
+
+    __slots__ = ("host", "port", "tls", "prefix", "host_header", "key")
+
+    def __init__(self, url: str):
+        parts = urlsplit(url)
+        self.tls = parts.scheme == "https"
+        self.host = parts.hostname or ""
+        self.port = parts.port or (443 if self.tls else 80)
+        self.prefix = parts.path.rstrip("/").encode()
+        self.host_header = parts.netloc.encode()
+        self.key = (self.tls, self.host, self.port)
+
+
+class _Conn(asyncio.Protocol):
+    __slots__ = ("transport", "resp", "closed", "idle_since")
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.resp: Response | None = None
+        self.closed = False
+        self.idle_since = 0.0
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        resp = self.resp
+        if resp is None:  # nothing was asked: a node talking out of turn is not reused
+            self.close()
+            return
+        resp.got_bytes = True
+        try:
+            resp.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            resp.fail(BadResponse("The node answered with a protocol upgrade."))
+            self.close()
+        except httptools.HttpParserError as exc:
+            resp.fail(BadResponse(f"The node's response is not valid HTTP/1.1 ({exc})."))
+            self.close()
+
+    def eof_received(self) -> bool:
+        return False  # close our side too
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        if self.resp is not None:
+            self.resp.fail(Disconnected("The node closed the connection."))
+
+    def close(self) -> None:
+        self.closed = True
+        if self.transport is not None:
+            self.transport.close()
+
+
+class Response:
+    """One node response. ``status`` and ``headers`` (lower-case names) are set once
+    :meth:`UpstreamPool.request` returns."""
+
+    __slots__ = ("conn", "pool", "origin", "parser", "status", "headers", "keep_alive", "eof", "got_bytes",
+                 "_raw_headers", "_head", "_chunks", "_buffered", "_exc", "_waiter", "_paused", "_released")
+
+    def __init__(self, conn: _Conn, pool: UpstreamPool, origin: Origin, loop: asyncio.AbstractEventLoop):
+        self.conn = conn
+        self.pool = pool
+        self.origin = origin
+        self.parser = httptools.HttpResponseParser(self)
+        self.status = 0
+        self.headers: dict[str, str] = {}
+        self.keep_alive = False
+        self.eof = False
+        self.got_bytes = False
+        self._raw_headers: list[tuple[bytes, bytes]] = []
+        self._head: asyncio.Future[None] = loop.create_future()
+        self._chunks: deque[bytes] = deque()
+        self._buffered = 0
+        self._exc: Exception | None = None
+        self._waiter: asyncio.Future[None] | None = None
+        self._paused = False
+        self._released = False
+
+    # --- httptools callbacks -------------------------------------------------------------
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._raw_headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        self.status = self.parser.get_status_code()
+        self.keep_alive = self.parser.should_keep_alive()
+        self.headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in self._raw_headers}
+        if not self._head.done():
+            self._head.set_result(None)
+
+    def on_body(self, body: bytes) -> None:
+        self._chunks.append(body)
+        self._buffered += len(body)
+        if self._buffered > HIGH_WATER and not self._paused and self.conn.transport is not None:
+            self._paused = True
+            self.conn.transport.pause_reading()
+        self._wake()
+
+    def on_message_complete(self) -> None:
+        self.eof = True
+        self._wake()
+
+    # --- failure and waking --------------------------------------------------------------
+
+    def fail(self, exc: Exception) -> None:
+        if self.eof or self._exc is not None:
+            return
+        self._exc = exc
+        if not self._head.done():
+            self._head.set_exception(exc)
+            self._head.exception()  # retrieved: request() may already be gone (cancelled)
+        self._wake()
+
+    def _wake(self) -> None:
+        w = self._waiter
+        if w is not None and not w.done():
+            w.set_result(None)
+
+    # --- reading -------------------------------------------------------------------------
+
+    @property
+    def at_eof(self) -> bool:
+        return self.eof and not self._chunks
+
+    async def chunks(self, read_timeout: float | None = None) -> AsyncIterator[bytes]:
+        """The body as it arrives; each wait for more is bounded by ``read_timeout``
+        (TimeoutError). Raises :class:`UpstreamIOError` if the node fails mid-body."""
+        while True:
+            if self._chunks:
+                chunk = self._chunks.popleft()
+                self._buffered -= len(chunk)
+                if self._paused and self._buffered < LOW_WATER and not self.conn.closed:
+                    self._paused = False
+                    self.conn.transport.resume_reading()  # type: ignore[union-attr]
+                yield chunk
+            elif self.eof:
+                return
+            elif self._exc is not None:
+                raise self._exc
+            else:
+                await self._wait(read_timeout)
+
+    async def read(self, read_timeout: float | None = None) -> bytes:
+        parts = [chunk async for chunk in self.chunks(read_timeout)]
+        return b"".join(parts)
+
+    async def _wait(self, timeout: float | None) -> None:
+        loop = asyncio.get_running_loop()
+        self._waiter = waiter = loop.create_future()
+        timer = loop.call_later(timeout, _expire, waiter) if timeout is not None else None
+        try:
+            await waiter
+        finally:
+            self._waiter = None
+            if timer is not None:
+                timer.cancel()
+
+    def release(self) -> None:
+        """Return the connection to the pool if this response was read to its end; close
+        it otherwise (the node sees the close and stops generating). Idempotent."""
+        if self._released:
+            return
+        self._released = True
+        conn = self.conn
+        conn.resp = None
+        if self.at_eof and self.keep_alive and self._exc is None and not conn.closed:
+            self.pool.put(self.origin, conn)
+        else:
+            conn.close()
+
+    close = release  # the relay's "stop now" reads the same: an unfinished body closes
+
+
+def _expire(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_exception(TimeoutError())
+
+
+class UpstreamPool:
+    """Keep-alive connections to the nodes, per (scheme, host, port).
+
+    Idle connections are dropped after ``keepalive_s``, below the 5 s idle timeout of
+    uvicorn (which vLLM and edgefleet nodes serve with), so the pool rarely hands out a
+    connection the node is about to close; the one-shot retry covers the rest.
+    """
+
+    def __init__(self, keepalive_s: float = 4.0, max_idle_per_origin: int = 1024,
+                 ssl_context: ssl.SSLContext | None = None):
+        self.keepalive_s = keepalive_s
+        self.max_idle = max_idle_per_origin
+        self._ssl = ssl_context
+        self._idle: dict[tuple, list[_Conn]] = {}
+        self._origins: dict[str, Origin] = {}
+        self.opened = 0  # connections made, for tests and /metrics-style curiosity
+
+    def origin(self, url: str) -> Origin:
+        o = self._origins.get(url)
+        if o is None:
+            o = self._origins[url] = Origin(url)
+        return o
+
+    async def request(self, url: str, path: str, body: bytes, headers: dict[str, str], *,
+                      connect_timeout: float, head_timeout: float | None) -> Response:
+        """POST ``body`` to ``url`` + ``path``; return once the response head is in.
+
+        Raises ConnectTimeout or ConnectFailed (nothing was sent), TimeoutError (no head
+        within ``head_timeout``: the connection is closed, so the node drops the request),
+        or Disconnected/BadResponse.
+        """
+        origin = self.origin(url)
+        payload = _encode(origin, path, body, headers)
+        loop = asyncio.get_running_loop()
+        conn = self._take(origin, loop.time())
+        reused = conn is not None
+        while True:
+            if conn is None:
+                conn = await self._connect(origin, connect_timeout)
+            resp = Response(conn, self, origin, loop)
+            conn.resp = resp
+            conn.transport.write(payload)  # type: ignore[union-attr]
+            try:
+                if head_timeout is None:
+                    await resp._head
+                else:
+                    async with asyncio.timeout(head_timeout):
+                        await resp._head
+                return resp
+            except Disconnected:
+                conn.resp = None
+                conn.close()
+                if reused and not resp.got_bytes:
+                    conn, reused = None, False  # the node closed an idle connection: it saw nothing
+                    continue
+                raise
+            except BaseException:
+                conn.resp = None
+                conn.close()  # timeout or cancellation: closing makes the node drop the request
+                raise
+
+    def put(self, origin: Origin, conn: _Conn) -> None:
+        idle = self._idle.setdefault(origin.key, [])
+        if len(idle) >= self.max_idle:
+            conn.close()
+            return
+        conn.idle_since = asyncio.get_running_loop().time()
+        idle.append(conn)
+
+    def _take(self, origin: Origin, now: float) -> _Conn | None:
+        idle = self._idle.get(origin.key)
+        while idle:
+            conn = idle.pop()  # the most recently used: its socket is the warmest
+            if not conn.closed and now - conn.idle_since < self.keepalive_s:
+                return conn
+            conn.close()
+        return None
+
+    async def _connect(self, origin: Origin, timeout: float) -> _Conn:
+        loop = asyncio.get_running_loop()
+        ctx = None
+        if origin.tls:
+            if self._ssl is None:
+                self._ssl = ssl.create_default_context()
+            ctx = self._ssl
+        try:
+            async with asyncio.timeout(timeout):
+                _, conn = await loop.create_connection(_Conn, origin.host, origin.port, ssl=ctx,
+                                                       server_hostname=origin.host if ctx else None)
+        except TimeoutError:
+            raise ConnectTimeout(f"Connecting to {origin.host}:{origin.port} timed out.") from None
+        except (OSError, ssl.SSLError) as exc:
+            raise ConnectFailed(f"Cannot connect to {origin.host}:{origin.port}: {exc}") from None
+        self.opened += 1
+        return conn
+
+    def idle_count(self) -> int:
+        return sum(len(v) for v in self._idle.values())
+
+    async def close(self) -> None:
+        for idle in self._idle.values():
+            for conn in idle:
+                conn.close()
+        self._idle.clear()
+
+
+def _encode(origin: Origin, path: str, body: bytes, headers: dict[str, str]) -> bytes:
+    lines = [b"POST ", origin.prefix, path.encode(), b" HTTP/1.1\r\nhost: ", origin.host_header,
+             b"\r\ncontent-length: ", str(len(body)).encode(), b"\r\n"]
+    for name, value in headers.items():
+        if "\r" in value or "\n" in value or "\r" in name or "\n" in name:
+            raise ValueError(f"header {name!r} contains a line break")
+        lines += [name.encode("latin-1"), b": ", value.encode("latin-1"), b"\r\n"]
+    lines += [b"\r\n", body]
+    return b"".join(lines)
+
+
+__all__ = ["BadResponse", "ConnectFailed", "ConnectTimeout", "Disconnected", "Origin", "Response", "UpstreamIOError",
+           "UpstreamPool"]
