@@ -6,6 +6,7 @@ The precedence is implemented by click (command line, then ``envvar``, then the
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import os
 import tomllib
@@ -51,6 +52,7 @@ class NodeSettings(BaseModel):
     engine_options: dict[str, Any] = Field(default_factory=dict)  # engine-specific extras (e.g. sim)
 
 
+@functools.lru_cache(maxsize=256)  # asked on every request (Host/Origin checks)
 def is_loopback(host: str) -> bool:
     if host in ("localhost", "ip6-localhost"):
         return True

@@ -8,7 +8,6 @@ the fleet view (``/v1/fleet``, ``/v1/fleet/pick``), ``/v1/usage``, ``/health``, 
 
 from __future__ import annotations
 
-import logging
 import time
 from contextlib import asynccontextmanager
 from contextvars import ContextVar
@@ -16,13 +15,13 @@ from typing import Any
 
 import httpx
 from fastapi import FastAPI, Query, Request
-from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from mcp.server.transport_security import TransportSecuritySettings
+from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from server import __version__
-from server.api.errors import ApiError, InternalError, NotFound, error_response, install_handlers, validation_error
+from server.api.errors import NotFound, install_handlers
 from server.api.protocol import ChatCompletionRequest, CompletionRequest
 from server.api.security import SecurityMiddleware
 from server.config import is_loopback
@@ -30,10 +29,10 @@ from server.router.config import RouterSettings
 from server.router.core import Router
 from server.router.mcp_tools import build_mcp
 from server.router.policy import estimate
-from server.router.proxy import forward
+from server.router.proxy import ProxyEndpoint
 
+PROXY_ROUTES = {"/v1/chat/completions": ChatCompletionRequest, "/v1/completions": CompletionRequest}
 
-log = logging.getLogger("edgefleet.router")
 
 
 class RouterHeader:
@@ -59,31 +58,19 @@ class RouterHeader:
 
 class FastPath:
     """The two proxy routes, served without FastAPI's routing and middleware layers: on the
-    hot path every layer costs per request and again per relayed chunk. Errors are rendered
-    exactly as the app's exception handlers do."""
+    hot path every layer costs per request and again per relayed chunk. The proxy renders
+    its own errors, as the app's exception handlers would."""
 
     def __init__(self, app: ASGIApp, router: Router):
         self.app = app
-        self.router = router
-        self.routes = {"/v1/chat/completions": ChatCompletionRequest, "/v1/completions": CompletionRequest}
+        self.routes = {path: ProxyEndpoint(router, schema) for path, schema in PROXY_ROUTES.items()}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        schema = self.routes.get(scope["path"]) if scope["type"] == "http" else None
-        if schema is None or scope["method"] != "POST":
+        endpoint = self.routes.get(scope["path"]) if scope["type"] == "http" else None
+        if endpoint is None or scope["method"] != "POST":
             await self.app(scope, receive, send)
             return
-        try:
-            response = await forward(self.router, Request(scope, receive), scope["path"], schema)
-        except ApiError as err:
-            response = error_response(err)
-        except RequestValidationError as exc:
-            response = error_response(validation_error(exc))
-        except Exception:
-            log.exception("unhandled error in the proxy path")
-            response = error_response(InternalError("Internal server error."))
-        if "x-edgefleet-node" not in response.headers:
-            response.headers["x-edgefleet-node"] = "router"
-        await response(scope, receive, send)
+        await endpoint(scope, receive, send)
 
 
 _mcp_caller: ContextVar[str | None] = ContextVar("edgefleet_mcp_caller", default=None)
@@ -107,7 +94,7 @@ class _AsCaller:
 class LocalBackend:
     """MCP tools read the router's own state; ``complete`` goes through the proxy in-process."""
 
-    def __init__(self, router: Router, app: FastAPI):
+    def __init__(self, router: Router, app: ASGIApp):
         self.router = router
         self._client = httpx.AsyncClient(transport=httpx.ASGITransport(app=_AsCaller(app)), base_url="http://router",
                                          timeout=router.settings.read_timeout)
@@ -178,13 +165,10 @@ def create_app(settings: RouterSettings) -> tuple[ASGIApp, Router]:
                     docs_url=None, redoc_url=None)
     install_handlers(inner)
 
-    @inner.post("/v1/chat/completions")
-    async def chat_completions(request: Request) -> Response:
-        return await forward(router, request, "/v1/chat/completions", ChatCompletionRequest)
-
-    @inner.post("/v1/completions")
-    async def completions(request: Request) -> Response:
-        return await forward(router, request, "/v1/completions", CompletionRequest)
+    # FastPath serves these; the routes keep the inner app whole (and its 405s) by itself.
+    for path, schema in PROXY_ROUTES.items():
+        inner.router.routes.append(Route(path, ProxyEndpoint(router, schema), methods=["POST"]))
+    fast = FastPath(RouterHeader(inner), router)
 
     @inner.get("/v1/models")
     async def list_models() -> dict[str, Any]:
@@ -232,7 +216,7 @@ def create_app(settings: RouterSettings) -> tuple[ASGIApp, Router]:
             raise NotFound(f"Node '{name[:64]}' is not in this fleet.", code="node_not_found")
         return n.view(time.monotonic())
 
-    mcp = build_mcp(LocalBackend(router, inner))
+    mcp = build_mcp(LocalBackend(router, fast))
     mcp_holder["mcp"] = mcp
     # Host/Origin and auth are checked by SecurityMiddleware for /mcp like any other route.
     mcp_app = mcp.streamable_http_app(
@@ -241,8 +225,8 @@ def create_app(settings: RouterSettings) -> tuple[ASGIApp, Router]:
     inner.router.routes.extend(mcp_app.routes)
 
     app = SecurityMiddleware(
-        FastPath(RouterHeader(inner), router), keys=settings.keys, loopback_bind=is_loopback(settings.host),
+        fast, keys=settings.keys, loopback_bind=is_loopback(settings.host),
         allowed_hosts=settings.allowed_hosts, allowed_origins=settings.allowed_origins,
-        max_body_bytes=settings.max_body_bytes)
+        max_body_bytes=settings.max_body_bytes, body_first=PROXY_ROUTES)
     return app, router
 

@@ -8,10 +8,10 @@ before the first byte).
 
 from __future__ import annotations
 
-import asyncio
+import itertools
 import logging
+import secrets
 import time
-import uuid
 from dataclasses import dataclass
 
 import httpx
@@ -224,8 +224,14 @@ class Router:
         log.warning("node %s failed before the first byte (%s); trying the next", node.name, outcome)
 
 
+_ID_PREFIX = "rt-" + secrets.token_hex(6)
+_ID_COUNTER = itertools.count(1)
+
+
 def new_request_id() -> str:
-    return "rt-" + uuid.uuid4().hex[:24]
+    """Unique per router process and across restarts (a random prefix), without a system
+    call per request as uuid4 makes: ids must be unique, not unguessable."""
+    return f"{_ID_PREFIX}{next(_ID_COUNTER):012x}"
 
 
 def _retry_after(value: str | None) -> str:

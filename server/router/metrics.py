@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 
@@ -23,6 +25,16 @@ class RouterMetrics:
                                    ["node"], registry=self.registry)
         self.node_rtt = Gauge("edgefleet_router_node_rtt_ms", "Capacity poll round trip", ["node"],
                               registry=self.registry)
+
+        self._outcomes: dict[tuple[str, int], Any] = {}
+
+    def observe(self, node: str, status: int, seconds: float) -> None:
+        """Count one finished request (labelled children cached: this runs per request)."""
+        child = self._outcomes.get((node, status))
+        if child is None:
+            child = self._outcomes[(node, status)] = self.requests.labels(node, str(status))
+        child.inc()
+        self.latency.observe(seconds)
 
     def render(self, nodes: list, now: float) -> bytes:
         for n in nodes:

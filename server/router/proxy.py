@@ -11,47 +11,56 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
-from collections.abc import Awaitable
-from typing import Any, TypeVar
+from typing import Any
 
-from fastapi import Request
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
-from starlette.responses import Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import Receive, Scope, Send
 
-from server.api.errors import ApiError, InvalidRequest, RateLimited, UnsupportedMediaType
+from server.api.errors import (ApiError, InternalError, InvalidRequest, RateLimited, UnsupportedMediaType,
+                               error_response, validation_error)
 from server.api.protocol import ChatCompletionRequest, CompletionRequest
-from server.router.core import Attempt, Router, new_request_id
+from server.router.core import Attempt, Router, UpstreamError, new_request_id
 from server.router.limits import KeyUsage, Limited
 from server.router.registry import Node
 from server.router.upstream import Response as UpstreamResponse
 from server.router.upstream import UpstreamIOError
 
-CHARS_PER_TOKEN = 4
-T = TypeVar("T")
+CHARS_PER_TOKEN = 4  # prompt-length estimate for scoring; the node counts exactly
+
+log = logging.getLogger("edgefleet.router")
 
 
 class _ClientGone(Exception):
-    pass  # prompt-length estimate for scoring; the node counts exactly
+    """The client left before its request body was in."""
 
 
-def parse_body(raw: bytes, model: type[ChatCompletionRequest] | type[CompletionRequest]) -> tuple[dict, Any]:
+def parse_body(raw: bytes, model: type[ChatCompletionRequest] | type[CompletionRequest]) -> Any:
+    """Parse and validate in one pass (pydantic's JSON parser): the errors are the node's,
+    and the cost is about two thirds of ``json.loads`` followed by ``model_validate``."""
     try:
-        obj = json.loads(raw)
-    except RecursionError:
-        raise InvalidRequest("Request body is nested too deeply.") from None
-    except (ValueError, UnicodeDecodeError):
-        raise InvalidRequest("Request body is not valid JSON.") from None
-    if not isinstance(obj, dict):
-        raise InvalidRequest("Request body must be a JSON object.")
-    try:
-        return obj, model.model_validate(obj)
+        return model.model_validate_json(raw)
     except ValidationError as exc:
-        raise RequestValidationError(exc.errors(include_url=False)) from None
+        errors = exc.errors(include_url=False)
+        first = errors[0] if errors else {}
+        if first.get("type") == "json_invalid":
+            if "recursion limit" in str(first.get("msg", "")):
+                raise InvalidRequest("Request body is nested too deeply.") from None
+            raise InvalidRequest("Request body is not valid JSON.") from None
+        if first.get("type") == "model_type" and not first.get("loc"):
+            raise InvalidRequest("Request body must be a JSON object.") from None
+        raise RequestValidationError(errors) from None
     except RecursionError:
         raise InvalidRequest("Request body is nested too deeply.") from None
+
+
+def _prompt_of(raw: bytes) -> Any:
+    """The prompt as the client sent it, for ``--log-prompts`` (already known to parse)."""
+    obj = json.loads(raw)
+    return obj.get("messages", obj.get("prompt"))
 
 
 def estimate_prompt_tokens(req: ChatCompletionRequest | CompletionRequest) -> int:
@@ -116,8 +125,7 @@ class Exchange:
         if self.usage is not None:
             r.limiter.release(self.usage, now, self.prompt_tokens, self.completion_tokens, ok)
         node = self.node.name if self.node else "-"
-        r.metrics.requests.labels(node, str(self.status)).inc()
-        r.metrics.latency.observe(now - self.started)
+        r.metrics.observe(node, self.status, now - self.started)
         if r.audit.enabled:
             r.audit.write({
                 "request_id": self.request_id, "key_id": self.key_id, "model": self.model, "node": node,
@@ -135,49 +143,170 @@ def _error_event(code: str, message: str) -> bytes:
     return b"\n\ndata: " + json.dumps(body).encode() + b"\n\n"
 
 
-class RelayResponse(Response):
-    """Relays the upstream body as it arrives; cancels the upstream if the client leaves."""
+def _last_usage(chunk: bytes) -> dict[str, Any] | None:
+    for line in reversed(chunk.split(b"\n")):
+        if line.startswith(b"data: {") and b'"usage"' in line:
+            try:
+                return json.loads(line[6:]).get("usage")
+            except ValueError:
+                return None
+    return None
 
-    def __init__(self, ex: Exchange, headers: dict[str, str]):
-        self.ex = ex
-        self.body_done = False  # after this, a disconnect is just the client hanging up
-        self.status_code = ex.resp.status if ex.resp is not None else 502
-        self.background = None
-        self.init_headers(headers)
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        ex = self.ex
+class _Watch:
+    """Notices the client leaving while its call waits on the node, and cancels the call:
+    the upstream connection is then closed and the node stops generating (RELIABILITY C4).
+
+    One task per request, reading the ASGI ``receive`` once the body is in. Once the
+    response is complete the server answers that read with ``http.disconnect`` and the
+    task ends by itself (``armed`` is off by then), so the normal path cancels nothing.
+    """
+
+    __slots__ = ("gone", "armed", "task")
+
+    def __init__(self, receive: Receive):
+        self.gone = False
+        self.armed = True
         me = asyncio.current_task()
-        gone = False
+        assert me is not None
 
-        async def watch_disconnect() -> None:
-            nonlocal gone
+        async def watch() -> None:
             while (await receive())["type"] != "http.disconnect":
                 pass
-            if not self.body_done:
-                gone = True
-                me.cancel()  # stop relaying; finish() below closes the upstream request
+            if self.armed:
+                self.gone = True
+                me.cancel()
 
-        # Plain asyncio rather than a task group: this runs once per request and the
-        # lighter machinery is measurable on the hot path.
-        watcher = asyncio.ensure_future(watch_disconnect())
+        self.task = asyncio.ensure_future(watch())
+
+    def disarm(self) -> None:
+        """The response is complete (or being completed): a disconnect now is just the
+        client hanging up."""
+        self.armed = False
+
+    def stop(self) -> None:
+        """For paths that may leave the response unfinished: the server may never answer
+        the watcher's read then."""
+        self.armed = False
+        if not self.task.done():
+            self.task.cancel()
+
+
+def _client_gone(watch: _Watch | None) -> bool:
+    """Inside ``except CancelledError``: was it our watcher (then swallow it) or a real
+    cancellation (then re-raise)?"""
+    if watch is None or not watch.gone:
+        return False
+    me = asyncio.current_task()
+    assert me is not None
+    me.uncancel()
+    return True
+
+
+async def _read_body(receive: Receive) -> bytes:
+    parts = []
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise _ClientGone
+        parts.append(message.get("body", b""))
+        if not message.get("more_body"):
+            return parts[0] if len(parts) == 1 else b"".join(parts)
+
+
+async def _send_error(scope: Scope, receive: Receive, send: Send, err: ApiError) -> None:
+    response = error_response(err)
+    if "x-edgefleet-node" not in response.headers:
+        response.headers["x-edgefleet-node"] = "router"
+    await response(scope, receive, send)
+
+
+async def handle(router: Router, scope: Scope, receive: Receive, send: Send,
+                 schema: type[ChatCompletionRequest] | type[CompletionRequest]) -> None:
+    """Serve one proxied call on plain ASGI: admit, rank, open the upstream, answer.
+
+    No Request/Response objects and one watcher task: on this path each layer costs per
+    request and again per relayed chunk (docs/router.md, "Router overhead").
+    """
+    headers = dict(scope["headers"])
+    ex: Exchange | None = None
+    watch: _Watch | None = None
+    try:
+        ctype = headers.get(b"content-type", b"application/json").split(b";")[0].strip().lower()
+        if ctype != b"application/json":
+            raise UnsupportedMediaType("Content-Type must be application/json.")
+        raw = await _read_body(receive)
+        req = parse_body(raw, schema)
+        key_id = scope.get("state", {}).get("key_id", "anonymous")
+        prompt_tokens = estimate_prompt_tokens(req)
+        max_tokens = (req.requested_max_tokens() if isinstance(req, ChatCompletionRequest) else req.max_tokens) \
+            or router.settings.default_max_tokens
+        prompt = _prompt_of(raw) if router.audit.log_prompts else None
+        ex = Exchange(router, new_request_id(), key_id, req.model, req.stream, prompt_tokens, prompt)
         try:
-            await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
-            await self._relay(send)
-        except asyncio.CancelledError:
-            if not gone:
-                raise
-            me.uncancel()
-            ex.error = ex.error or "client_disconnected"
-        except OSError:  # the client's socket went away under a send
-            ex.error = ex.error or "client_disconnected"
-        finally:
-            watcher.cancel()
+            ex.usage = router.limiter.acquire(key_id, ex.started)
+        except Limited as lim:
+            router.metrics.rate_limited.inc()
+            raise RateLimited(f"Rate limit exceeded for this key ({lim.what}).",
+                              headers={"Retry-After": str(lim.retry_after)}) from None
+        zone, pin = headers.get(b"x-edgefleet-zone"), headers.get(b"x-edgefleet-node")
+        ranked = router.candidates(req.model, prompt_tokens, max_tokens,
+                                   zone=zone.decode("latin-1") if zone else None,
+                                   pin=pin.decode("latin-1") if pin else None)
+        watch = _Watch(receive)
+        # Awaited in this task, not a new one: open_upstream counts its dispatch before this
+        # request yields, so a burst is never ranked against counts missing its own members.
+        ex.node, ex.resp = await router.open_upstream(scope["path"], raw, ranked, ex.request_id, ex.attempts,
+                                                      stream=req.stream)
+    except asyncio.CancelledError:
+        gone = _client_gone(watch)
+        if ex is not None:
+            ex.status, ex.error = 499, "client_disconnected"
             await ex.finish()
+        if not gone:
+            raise
+        return  # nobody is left to answer
+    except _ClientGone:
+        return  # left while sending the body: nothing was admitted
+    except (ApiError, RequestValidationError) as exc:
+        err = exc if isinstance(exc, ApiError) else validation_error(exc)
+        if watch is not None:
+            watch.disarm()
+        if ex is not None:
+            ex.status, ex.error = err.status_code, err.code
+            await ex.finish()
+            err.headers.setdefault("X-Request-Id", ex.request_id)
+        await _send_error(scope, receive, send, err)
+        return
+    except Exception as exc:
+        if watch is not None:
+            watch.stop()
+        if ex is not None:
+            ex.status, ex.error = 500, "internal_error"
+            await ex.finish()
+        if isinstance(exc, StarletteHTTPException):
+            raise  # the body limit (413), rendered by the security middleware
+        log.exception("unhandled error in the proxy path")
+        await _send_error(scope, receive, send, InternalError("Internal server error."))
+        return
+    ex.status = ex.resp.status
+    head = [(b"content-type", ex.resp.headers.get("content-type", "application/json").encode("latin-1")),
+            (b"x-edgefleet-node", ex.node.name.encode()), (b"x-request-id", ex.request_id.encode())]
+    if "retry-after" in ex.resp.headers:
+        head.append((b"retry-after", ex.resp.headers["retry-after"].encode("latin-1")))
+    if req.stream and ex.status == 200:
+        head += [(b"cache-control", b"no-cache"), (b"x-accel-buffering", b"no")]
+        await _relay(ex, watch, send, head)
+    else:
+        await _whole(ex, watch, scope, receive, send, head)
 
-    async def _relay(self, send: Send) -> None:
-        ex = self.ex
-        assert ex.resp is not None and ex.node is not None
+
+async def _relay(ex: Exchange, watch: _Watch, send: Send, head: list[tuple[bytes, bytes]]) -> None:
+    """Relay the node's SSE as it arrives. After the first byte there is no retry: a node
+    failing mid-stream becomes one in-band error event, and no ``[DONE]``."""
+    assert ex.resp is not None and ex.node is not None
+    try:
+        await send({"type": "http.response.start", "status": ex.status, "headers": head})
         usage_event = b""
         events = 0
         try:
@@ -200,124 +329,46 @@ class RelayResponse(Response):
             ex.node.last_error = ex.error
             await send({"type": "http.response.body", "more_body": True,
                         "body": _error_event(ex.error, "The node failed mid-stream; the response is incomplete.")})
-        self.body_done = True
+        watch.disarm()
         await send({"type": "http.response.body", "body": b"", "more_body": False})
         ex.completion_tokens = events
         if usage_event:
             ex.take_usage(_last_usage(usage_event))
-
-
-def _last_usage(chunk: bytes) -> dict[str, Any] | None:
-    for line in reversed(chunk.split(b"\n")):
-        if line.startswith(b"data: {") and b'"usage"' in line:
-            try:
-                return json.loads(line[6:]).get("usage")
-            except ValueError:
-                return None
-    return None
-
-
-async def forward(router: Router, request: Request, path: str,
-                  schema: type[ChatCompletionRequest] | type[CompletionRequest]) -> Response:
-    ctype = request.headers.get("content-type", "application/json").split(";")[0].strip().lower()
-    if ctype != "application/json":
-        raise UnsupportedMediaType("Content-Type must be application/json.")
-    raw = await request.body()
-    obj, req = parse_body(raw, schema)
-    key_id = request.scope.get("state", {}).get("key_id", "anonymous")
-    prompt_tokens = estimate_prompt_tokens(req)
-    max_tokens = (req.requested_max_tokens() if isinstance(req, ChatCompletionRequest) else req.max_tokens) \
-        or router.settings.default_max_tokens
-    prompt = obj.get("messages", obj.get("prompt")) if router.audit.log_prompts else None
-    ex = Exchange(router, new_request_id(), key_id, req.model, req.stream, prompt_tokens, prompt)
-    try:
-        try:
-            ex.usage = router.limiter.acquire(key_id, ex.started)
-        except Limited as lim:
-            router.metrics.rate_limited.inc()
-            raise RateLimited(f"Rate limit exceeded for this key ({lim.what}).",
-                              headers={"Retry-After": str(lim.retry_after)}) from None
-        ranked = router.candidates(req.model, prompt_tokens, max_tokens,
-                                   zone=request.headers.get("x-edgefleet-zone"),
-                                   pin=request.headers.get("x-edgefleet-node"))
-        ex.node, ex.resp = await _unless_disconnected(
-            request, router.open_upstream(path, raw, ranked, ex.request_id, ex.attempts, stream=req.stream))
-    except _ClientGone:
-        ex.status, ex.error = 499, "client_disconnected"
-        await ex.finish()
-        return Response(status_code=499)
-    except ApiError as err:
-        ex.status, ex.error = err.status_code, err.code
-        await ex.finish()
-        err.headers.setdefault("X-Request-Id", ex.request_id)
-        raise
-    except BaseException:
-        ex.status, ex.error = 499, "client_disconnected"
-        await ex.finish()
-        raise
-    ex.status = ex.resp.status
-    headers = {"x-edgefleet-node": ex.node.name, "x-request-id": ex.request_id,
-               "content-type": ex.resp.headers.get("content-type", "application/json")}
-    if "retry-after" in ex.resp.headers:
-        headers["retry-after"] = ex.resp.headers["retry-after"]
-    if req.stream and ex.status == 200:
-        headers["cache-control"] = "no-cache"
-        headers["x-accel-buffering"] = "no"
-        return RelayResponse(ex, headers)
-    return await _whole(request, ex, headers)
-
-
-async def _unless_disconnected(request: Request, work: Awaitable[T]) -> T:
-    """Await ``work`` in this task unless the client leaves first (then raise _ClientGone).
-
-    ``work`` runs in the current task, not a new one: ``open_upstream`` must count its
-    dispatch before this request yields, or a burst would be ranked against counts that
-    do not include its own earlier members. A cancellation lands inside ``work``, whose
-    own cleanup (releasing the node count, closing the upstream) then runs.
-    """
-    me = asyncio.current_task()
-    assert me is not None
-    gone = False
-
-    async def disconnected() -> None:
-        nonlocal gone
-        while (await request.receive())["type"] != "http.disconnect":
-            pass
-        gone = True
-        me.cancel()
-
-    watch = asyncio.ensure_future(disconnected())
-    try:
-        return await work
     except asyncio.CancelledError:
-        if not gone:
+        if not _client_gone(watch):
+            watch.stop()
             raise
-        me.uncancel()
-        raise _ClientGone from None
+        ex.error = ex.error or "client_disconnected"
+    except OSError:  # the client's socket went away under a send
+        watch.stop()
+        ex.error = ex.error or "client_disconnected"
     finally:
-        watch.cancel()
+        await ex.finish()
 
 
-async def _whole(request: Request, ex: Exchange, headers: dict[str, str]) -> Response:
+async def _whole(ex: Exchange, watch: _Watch, scope: Scope, receive: Receive, send: Send,
+                 head: list[tuple[bytes, bytes]]) -> None:
+    """A non-streamed answer (or any non-200): read it whole, then answer in one piece."""
     assert ex.resp is not None and ex.node is not None
     try:
-        body = await _unless_disconnected(request, ex.resp.read(ex.router.settings.read_timeout))
-    except _ClientGone:
+        body = await ex.resp.read(ex.router.settings.read_timeout)
+    except asyncio.CancelledError:
+        gone = _client_gone(watch)
         ex.status, ex.error = 499, "client_disconnected"
         await ex.finish()  # closing the upstream makes the node abort the generation (C4)
-        return Response(status_code=499)
+        if not gone:
+            raise
+        return
     except (UpstreamIOError, TimeoutError):
+        watch.disarm()
         ex.node.breaker.trip(time.monotonic())
         ex.status, ex.error = 502, "upstream_error"
         await ex.finish()
-        from server.router.core import UpstreamError
-
-        raise UpstreamError("The node failed before completing the response.",
-                            headers={"x-edgefleet-node": ex.node.name, "X-Request-Id": ex.request_id}) from None
-    except BaseException:
-        ex.error = "client_disconnected"
-        await ex.finish()
-        raise
+        await _send_error(scope, receive, send, UpstreamError(
+            "The node failed before completing the response.",
+            headers={"x-edgefleet-node": ex.node.name, "X-Request-Id": ex.request_id}))
+        return
+    watch.disarm()
     ex.ttft_ms = (time.monotonic() - ex.started) * 1000.0
     if ex.status == 200 and b'"usage"' in body:
         try:
@@ -325,4 +376,18 @@ async def _whole(request: Request, ex: Exchange, headers: dict[str, str]) -> Res
         except (ValueError, AttributeError):
             pass
     await ex.finish()
-    return Response(body, status_code=ex.status, headers=headers)
+    head.append((b"content-length", str(len(body)).encode()))
+    await send({"type": "http.response.start", "status": ex.status, "headers": head})
+    await send({"type": "http.response.body", "body": body, "more_body": False})
+
+
+class ProxyEndpoint:
+    """The proxy as a plain ASGI app for one route (``/v1/chat/completions`` or
+    ``/v1/completions``)."""
+
+    def __init__(self, router: Router, schema: type[ChatCompletionRequest] | type[CompletionRequest]):
+        self.router = router
+        self.schema = schema
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await handle(self.router, scope, receive, send, self.schema)

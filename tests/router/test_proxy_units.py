@@ -13,23 +13,25 @@ from server.router.proxy import estimate_prompt_tokens, parse_body
 
 
 def test_parse_body_rejects_bad_json_shapes():
-    for raw in (b"{", b"[]", b"\xff\xfe", b"[" * 100000 + b"]" * 100000):
-        with pytest.raises(InvalidRequest):
+    for raw, message in ((b"{", "not valid JSON"), (b"[]", "must be a JSON object"), (b"\xff\xfe", "not valid JSON"),
+                         (b"[" * 100000 + b"]" * 100000, "nested too deeply"),
+                         (b'{"a":' * 100000 + b"1" + b"}" * 100000, "nested too deeply")):
+        with pytest.raises(InvalidRequest, match=message):
             parse_body(raw, ChatCompletionRequest)
     with pytest.raises(RequestValidationError):
         parse_body(b'{"model": "m", "messages": [{"role": "user", "content": "x"}], "temperature": NaN}',
                    ChatCompletionRequest)
     with pytest.raises(RequestValidationError):
         parse_body(b'{"model": "m", "prompt": "x", "base_url": "http://elsewhere"}', CompletionRequest)
-    obj, req = parse_body(b'{"model": "m", "prompt": "hello"}', CompletionRequest)
-    assert obj["prompt"] == "hello" and req.model == "m"
+    req = parse_body(b'{"model": "m", "prompt": "hello"}', CompletionRequest)
+    assert req.prompt == "hello" and req.model == "m"
 
 
 def test_prompt_estimate():
-    _, chat = parse_body(json.dumps({"model": "m", "messages": [{"role": "user", "content": "x" * 4000}]}).encode(),
+    chat = parse_body(json.dumps({"model": "m", "messages": [{"role": "user", "content": "x" * 4000}]}).encode(),
                          ChatCompletionRequest)
     assert 1000 <= estimate_prompt_tokens(chat) <= 1010
-    _, ids = parse_body(b'{"model": "m", "prompt": [1, 2, 3]}', CompletionRequest)
+    ids = parse_body(b'{"model": "m", "prompt": [1, 2, 3]}', CompletionRequest)
     assert estimate_prompt_tokens(ids) == 3
 
 
