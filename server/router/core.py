@@ -14,8 +14,6 @@ import secrets
 import time
 from dataclasses import dataclass
 
-import httpx
-
 from server.api.errors import ApiError, ModelNotFound, NotFound
 from server.router.audit import AuditLog
 from server.router.config import RouterSettings
@@ -65,8 +63,7 @@ class Router:
         self.limiter = RateLimiter(settings.limits)
         self.audit = AuditLog(settings.audit_log, settings.log_prompts)
         self.metrics = RouterMetrics()
-        self.client: httpx.AsyncClient | None = None  # capacity polls
-        self.upstream: UpstreamPool | None = None  # proxied requests: the hot path
+        self.upstream: UpstreamPool | None = None  # proxied requests (the hot path) and capacity polls
         self.poller: Poller | None = None
         self.browser = None  # server.router.discovery.NodeBrowser when --discover
 
@@ -74,13 +71,11 @@ class Router:
 
     async def start(self) -> None:
         s = self.settings
-        # Never route node traffic through an environment proxy (trust_env off in both).
-        self.client = httpx.AsyncClient(timeout=httpx.Timeout(s.first_byte_timeout, connect=s.connect_timeout),
-                                        trust_env=False)
-        # The proxy's own pool: lean keep-alive HTTP/1.1 (server/router/upstream.py), because
+        # The nodes' own pool: lean keep-alive HTTP/1.1 (server/router/upstream.py), because
         # every agent call crosses it and aiohttp alone cost more than the router's 1 ms goal.
-        self.upstream = UpstreamPool()
-        self.poller = Poller(self.registry, self.client, s.poll_interval)
+        # It never goes through an environment proxy.
+        self.upstream = UpstreamPool(read_timeout=s.read_timeout)
+        self.poller = Poller(self.registry, self.upstream, s.poll_interval)
         await self.poller.poll_once()  # know the fleet before the first request
         self.poller.start()
         if s.discover:
@@ -94,8 +89,6 @@ class Router:
             await self.browser.stop()
         if self.poller is not None:
             await self.poller.stop()
-        if self.client is not None:
-            await self.client.aclose()
         if self.upstream is not None:
             await self.upstream.close()
         self.audit.close()

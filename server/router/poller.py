@@ -10,27 +10,33 @@ import asyncio
 import logging
 import time
 
-import httpx
 from pydantic import ValidationError
 
 from server.capacity.schema import Capacity
 from server.router.policy import REF_MAX_TOKENS, REF_PROMPT_TOKENS
 from server.router.registry import Node, Registry
+from server.router.upstream import ConnectFailed, ConnectTimeout, UpstreamIOError, UpstreamPool
 
 log = logging.getLogger("edgefleet.router.poller")
 
 CAPACITY_PATH = f"/v1/capacity?prompt_tokens={REF_PROMPT_TOKENS}&max_tokens={REF_MAX_TOKENS}"
 
 
-async def poll_node(client: httpx.AsyncClient, node: Node, timeout: float, registry: Registry | None = None) -> bool:
+async def poll_node(pool: UpstreamPool, node: Node, timeout: float, registry: Registry | None = None) -> bool:
     start = time.monotonic()
     try:
-        resp = await client.get(node.url + CAPACITY_PATH, headers=node.auth_headers, timeout=timeout)
+        async with asyncio.timeout(timeout):
+            resp = await pool.request(node.url, CAPACITY_PATH, b"", node.auth_headers, method="GET",
+                                      connect_timeout=timeout, head_timeout=None)
+            try:
+                body = await resp.read()
+            finally:
+                resp.release()
         rtt_ms = (time.monotonic() - start) * 1000.0
-        if resp.status_code != 200:
-            raise RuntimeError(f"capacity answered HTTP {resp.status_code}")
-        capacity = Capacity.model_validate_json(resp.content)
-    except (httpx.HTTPError, RuntimeError, ValidationError, ValueError) as exc:
+        if resp.status != 200:
+            raise RuntimeError(f"capacity answered HTTP {resp.status}")
+        capacity = Capacity.model_validate_json(body)
+    except (UpstreamIOError, TimeoutError, RuntimeError, ValidationError, ValueError) as exc:
         now = time.monotonic()
         was = node.breaker.poll_state(now)
         node.breaker.record_failure(now)
@@ -50,9 +56,9 @@ async def poll_node(client: httpx.AsyncClient, node: Node, timeout: float, regis
 
 
 def _describe(exc: BaseException) -> str:
-    if isinstance(exc, httpx.TimeoutException):
+    if isinstance(exc, (TimeoutError, ConnectTimeout)):
         return "capacity poll timed out"
-    if isinstance(exc, httpx.ConnectError):
+    if isinstance(exc, ConnectFailed):
         return "connection refused or unreachable"
     if isinstance(exc, ValidationError):
         return "capacity document did not validate"
@@ -60,10 +66,10 @@ def _describe(exc: BaseException) -> str:
 
 
 class Poller:
-    def __init__(self, registry: Registry, client: httpx.AsyncClient, interval: float = 1.0,
+    def __init__(self, registry: Registry, pool: UpstreamPool, interval: float = 1.0,
                  timeout: float | None = None):
         self.registry = registry
-        self.client = client
+        self.pool = pool
         self.interval = interval
         # Generous: a poll that is merely slow (a busy node, a loaded host) must not count as
         # a failure, or a burst of load would open breakers across the fleet.
@@ -74,7 +80,7 @@ class Poller:
     async def poll_once(self) -> None:
         nodes = self.registry.nodes()
         if nodes:
-            await asyncio.gather(*(poll_node(self.client, n, self.timeout, self.registry) for n in nodes))
+            await asyncio.gather(*(poll_node(self.pool, n, self.timeout, self.registry) for n in nodes))
         self.rounds += 1
 
     async def _run(self) -> None:

@@ -310,7 +310,8 @@ async def _relay(ex: Exchange, watch: _Watch, send: Send, head: list[tuple[bytes
         usage_event = b""
         events = 0
         try:
-            async for chunk in ex.resp.chunks(ex.router.settings.read_timeout):
+            next_chunk = ex.resp.next_chunk
+            while chunk := await next_chunk():
                 if ex.ttft_ms is None:
                     ex.ttft_ms = (time.monotonic() - ex.started) * 1000.0
                 events += chunk.count(b"data: {")
@@ -351,7 +352,7 @@ async def _whole(ex: Exchange, watch: _Watch, scope: Scope, receive: Receive, se
     """A non-streamed answer (or any non-200): read it whole, then answer in one piece."""
     assert ex.resp is not None and ex.node is not None
     try:
-        body = await ex.resp.read(ex.router.settings.read_timeout)
+        body = await ex.resp.read()
     except asyncio.CancelledError:
         gone = _client_gone(watch)
         ex.status, ex.error = 499, "client_disconnected"

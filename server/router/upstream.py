@@ -1,14 +1,16 @@
-"""The proxy's connection to the nodes: keep-alive HTTP/1.1 on asyncio protocols + httptools.
+"""The router's connection to the nodes: keep-alive HTTP/1.1 on asyncio protocols + httptools.
 
 Every agent call crosses this twice (request out, SSE back), so it is kept to what the
 hop needs: one POST on a pooled connection, the response head, then the body as the
 node's socket yields it. Measured on the 2-core VM (docs/router.md), the same passthrough
 hop added 1.2-1.3 ms at p50 through aiohttp and 0.4-0.5 ms through this; the router's
-goal is 1 ms for the whole hop. httptools (the parser uvicorn uses) does the HTTP.
+goal is 1 ms for the whole hop. httptools (the parser uvicorn uses) does the HTTP. The
+capacity poller uses the same pool: through httpx a poll cost ~10 ms of CPU per node per
+second, which a large fleet would feel.
 
 Rules the proxy relies on:
 - ``request`` returns once the node's response head is in; the body is then read with
-  :meth:`Response.chunks` (streaming) or :meth:`Response.read` (whole).
+  :meth:`Response.next_chunk` (streaming) or :meth:`Response.read` (whole).
 - A response must end in :meth:`Response.release`: a connection goes back to the pool
   only if its response was read to the end; otherwise it is closed, which is how a client
   disconnect reaches the node (it aborts the generation when its socket closes).
@@ -23,7 +25,7 @@ from __future__ import annotations
 import asyncio
 import ssl
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import Iterator
 from urllib.parse import urlsplit
 
 import httptools
@@ -113,7 +115,8 @@ class Response:
     :meth:`UpstreamPool.request` returns."""
 
     __slots__ = ("conn", "pool", "origin", "parser", "status", "headers", "keep_alive", "eof", "got_bytes",
-                 "_raw_headers", "_head", "_chunks", "_buffered", "_exc", "_waiter", "_paused", "_released")
+                 "_raw_headers", "_head", "_chunks", "_buffered", "_exc", "_waiter", "_paused", "_released", "_timer",
+                 "_wait_since")
 
     def __init__(self, conn: _Conn, pool: UpstreamPool, origin: Origin, loop: asyncio.AbstractEventLoop):
         self.conn = conn
@@ -133,6 +136,8 @@ class Response:
         self._waiter: asyncio.Future[None] | None = None
         self._paused = False
         self._released = False
+        self._timer: asyncio.TimerHandle | None = None
+        self._wait_since = 0.0
 
     # --- httptools callbacks -------------------------------------------------------------
 
@@ -180,38 +185,56 @@ class Response:
     def at_eof(self) -> bool:
         return self.eof and not self._chunks
 
-    async def chunks(self, read_timeout: float | None = None) -> AsyncIterator[bytes]:
-        """The body as it arrives; each wait for more is bounded by ``read_timeout``
-        (TimeoutError). Raises :class:`UpstreamIOError` if the node fails mid-body."""
+    async def next_chunk(self) -> bytes:
+        """Everything received since the last call, waiting for more if there is none;
+        ``b""`` at the end of the body. A wait longer than the pool's ``read_timeout``
+        raises TimeoutError; a node failing mid-body raises :class:`UpstreamIOError`.
+
+        A plain coroutine rather than an async generator, and no timer per wait: this runs
+        once per relayed SSE event, where each of those costs measurably.
+        """
         while True:
-            if self._chunks:
-                chunk = self._chunks.popleft()
+            chunks = self._chunks
+            if chunks:
+                chunk = chunks.popleft() if len(chunks) == 1 else b"".join(_drain(chunks))
                 self._buffered -= len(chunk)
                 if self._paused and self._buffered < LOW_WATER and not self.conn.closed:
                     self._paused = False
                     self.conn.transport.resume_reading()  # type: ignore[union-attr]
-                yield chunk
-            elif self.eof:
-                return
-            elif self._exc is not None:
+                return chunk
+            if self.eof:
+                return b""
+            if self._exc is not None:
                 raise self._exc
-            else:
-                await self._wait(read_timeout)
+            loop = self._head.get_loop()
+            self._waiter = waiter = loop.create_future()
+            self._wait_since = loop.time()
+            if self._timer is None and self.pool.read_timeout is not None:
+                self._timer = loop.call_at(self._wait_since + self.pool.read_timeout, self._check_timeout)
+            try:
+                await waiter
+            finally:
+                self._waiter = None
 
-    async def read(self, read_timeout: float | None = None) -> bytes:
-        parts = [chunk async for chunk in self.chunks(read_timeout)]
+    def _check_timeout(self) -> None:
+        """One timer per response: it fires at most every ``read_timeout`` and fails the
+        wait in progress if that wait has lasted the whole ``read_timeout``."""
+        loop = self._head.get_loop()
+        limit = self.pool.read_timeout
+        assert limit is not None
+        waiter = self._waiter
+        if waiter is not None and not waiter.done() and loop.time() - self._wait_since >= limit:
+            waiter.set_exception(TimeoutError())
+            self._timer = None
+            return
+        since = self._wait_since if waiter is not None else loop.time()
+        self._timer = loop.call_at(since + limit, self._check_timeout)
+
+    async def read(self) -> bytes:
+        parts = []
+        while chunk := await self.next_chunk():
+            parts.append(chunk)
         return b"".join(parts)
-
-    async def _wait(self, timeout: float | None) -> None:
-        loop = asyncio.get_running_loop()
-        self._waiter = waiter = loop.create_future()
-        timer = loop.call_later(timeout, _expire, waiter) if timeout is not None else None
-        try:
-            await waiter
-        finally:
-            self._waiter = None
-            if timer is not None:
-                timer.cancel()
 
     def release(self) -> None:
         """Return the connection to the pool if this response was read to its end; close
@@ -219,6 +242,9 @@ class Response:
         if self._released:
             return
         self._released = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         conn = self.conn
         conn.resp = None
         if self.at_eof and self.keep_alive and self._exc is None and not conn.closed:
@@ -229,9 +255,9 @@ class Response:
     close = release  # the relay's "stop now" reads the same: an unfinished body closes
 
 
-def _expire(waiter: asyncio.Future[None]) -> None:
-    if not waiter.done():
-        waiter.set_exception(TimeoutError())
+def _drain(chunks: deque[bytes]) -> Iterator[bytes]:
+    while chunks:
+        yield chunks.popleft()
 
 
 class UpstreamPool:
@@ -243,8 +269,9 @@ class UpstreamPool:
     """
 
     def __init__(self, keepalive_s: float = 4.0, max_idle_per_origin: int = 1024,
-                 ssl_context: ssl.SSLContext | None = None):
+                 ssl_context: ssl.SSLContext | None = None, read_timeout: float | None = None):
         self.keepalive_s = keepalive_s
+        self.read_timeout = read_timeout  # the longest wait for more of a response body
         self.max_idle = max_idle_per_origin
         self._ssl = ssl_context
         self._idle: dict[tuple, list[_Conn]] = {}
@@ -258,15 +285,15 @@ class UpstreamPool:
         return o
 
     async def request(self, url: str, path: str, body: bytes, headers: dict[str, str], *,
-                      connect_timeout: float, head_timeout: float | None) -> Response:
-        """POST ``body`` to ``url`` + ``path``; return once the response head is in.
+                      connect_timeout: float, head_timeout: float | None, method: str = "POST") -> Response:
+        """Send ``body`` to ``url`` + ``path``; return once the response head is in.
 
         Raises ConnectTimeout or ConnectFailed (nothing was sent), TimeoutError (no head
         within ``head_timeout``: the connection is closed, so the node drops the request),
         or Disconnected/BadResponse.
         """
         origin = self.origin(url)
-        payload = _encode(origin, path, body, headers)
+        payload = _encode(method, origin, path, body, headers)
         loop = asyncio.get_running_loop()
         conn = self._take(origin, loop.time())
         reused = conn is not None
@@ -340,9 +367,10 @@ class UpstreamPool:
         self._idle.clear()
 
 
-def _encode(origin: Origin, path: str, body: bytes, headers: dict[str, str]) -> bytes:
-    lines = [b"POST ", origin.prefix, path.encode(), b" HTTP/1.1\r\nhost: ", origin.host_header,
-             b"\r\ncontent-length: ", str(len(body)).encode(), b"\r\n"]
+def _encode(method: str, origin: Origin, path: str, body: bytes, headers: dict[str, str]) -> bytes:
+    lines = [method.encode(), b" ", origin.prefix, path.encode(), b" HTTP/1.1\r\nhost: ", origin.host_header, b"\r\n"]
+    if body or method not in ("GET", "HEAD"):
+        lines += [b"content-length: ", str(len(body)).encode(), b"\r\n"]
     for name, value in headers.items():
         if "\r" in value or "\n" in value or "\r" in name or "\n" in name:
             raise ValueError(f"header {name!r} contains a line break")
