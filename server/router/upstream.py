@@ -255,6 +255,11 @@ class Response:
     close = release  # the relay's "stop now" reads the same: an unfinished body closes
 
 
+def _no_head(head: asyncio.Future[None]) -> None:
+    if not head.done():
+        head.set_exception(TimeoutError())
+
+
 def _drain(chunks: deque[bytes]) -> Iterator[bytes]:
     while chunks:
         yield chunks.popleft()
@@ -303,12 +308,10 @@ class UpstreamPool:
             resp = Response(conn, self, origin, loop)
             conn.resp = resp
             conn.transport.write(payload)  # type: ignore[union-attr]
+            # A plain timer on the head future: cheaper per request than asyncio.timeout.
+            timer = loop.call_later(head_timeout, _no_head, resp._head) if head_timeout is not None else None
             try:
-                if head_timeout is None:
-                    await resp._head
-                else:
-                    async with asyncio.timeout(head_timeout):
-                        await resp._head
+                await resp._head
                 return resp
             except Disconnected:
                 conn.resp = None
@@ -321,6 +324,9 @@ class UpstreamPool:
                 conn.resp = None
                 conn.close()  # timeout or cancellation: closing makes the node drop the request
                 raise
+            finally:
+                if timer is not None:
+                    timer.cancel()
 
     def put(self, origin: Origin, conn: _Conn) -> None:
         idle = self._idle.setdefault(origin.key, [])
