@@ -42,6 +42,26 @@ def test_keys_are_stored_hashed_and_verified():
     assert "k1" not in repr(store)
 
 
+def test_verified_keys_are_remembered_bounded_and_only_when_accepted(monkeypatch):
+    import server.api.security as security
+
+    store = KeyStore([ApiKey("alice", hash_key("k1"))])
+    calls = []
+    real = security.hash_key
+    monkeypatch.setattr(security, "hash_key", lambda k: calls.append(k) or real(k))
+    assert store.verify("k1") == "alice" and store.verify("k1") == "alice"
+    assert calls == ["k1"]  # the second check did not hash again
+    assert store.verify("nope") is None and store.verify("nope") is None
+    assert calls == ["k1", "nope", "nope"]  # refusals are never remembered
+    assert "k1" not in repr(store)
+    monkeypatch.setattr(KeyStore, "VERIFIED_MAX", 4)
+    many = KeyStore([ApiKey(f"id{i}", real(f"key{i}")) for i in range(10)])
+    for i in range(10):
+        assert many.verify(f"key{i}") == f"id{i}"
+        assert len(many._verified) <= 4
+    assert many.verify("key3") == "id3"
+
+
 async def test_exempt_paths_are_exact():
     async with client(make_app(KeyStore.single("secret"))) as c:
         assert (await c.get("/health")).status_code == 200
