@@ -90,6 +90,26 @@ def test_invalid_requests_are_rejected_at_the_router(router):
     assert r.status_code in (400, 415)
 
 
+def test_oversized_bodies_are_refused_by_the_router_declared_or_chunked(router):
+    """RELIABILITY A11 at the router: the proxy path reads the body itself, so the limit
+    must still hold there, and the next request must still succeed."""
+    big = b'{"model": "sim-model", "messages": [{"role": "user", "content": "' + b"x" * (5 << 20) + b'"}]}'
+    headers = {"content-type": "application/json"}
+
+    def pieces():
+        for i in range(0, len(big), 1 << 20):
+            yield big[i:i + (1 << 20)]
+
+    for content in (big, pieces()):
+        r = httpx.post(router.url + "/v1/chat/completions", content=content, headers=headers, trust_env=False)
+        assert r.status_code == 413 and r.json()["error"]["code"] == "request_too_large"
+    r = httpx.get(router.url + "/v1/chat/completions", trust_env=False)
+    assert r.status_code == 405
+    ok = client(router).chat.completions.create(model="sim-model", max_tokens=2,
+                                                messages=[{"role": "user", "content": "still here"}])
+    assert ok.choices[0].message.content
+
+
 def test_nearest_idle_learns_the_fast_node(router):
     c = client(router)
     served = Counter()
