@@ -1,4 +1,5 @@
-"""The floor for a proxy hop in edgefleet's stack: uvicorn in, aiohttp out, nothing else.
+"""The floor for a proxy hop in edgefleet's stack: uvicorn in, the router's upstream pool
+(``server.router.upstream``) out, nothing else.
 
     python -m benchmarks.passthrough_proxy UPSTREAM_URL PORT
 
@@ -12,15 +13,16 @@ from __future__ import annotations
 
 import sys
 
-import aiohttp
 import uvicorn
 from starlette.types import Receive, Scope, Send
+
+from server.router.upstream import UpstreamPool
 
 
 class Passthrough:
     def __init__(self, upstream: str):
         self.upstream = upstream.rstrip("/")
-        self.session: aiohttp.ClientSession | None = None
+        self.pool: UpstreamPool | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -36,25 +38,27 @@ class Passthrough:
             body += message.get("body", b"")
             if not message.get("more_body"):
                 break
-        assert self.session is not None
-        async with self.session.post(self.upstream + scope["path"], data=body,
-                                     headers={"content-type": "application/json"}) as r:
-            await send({"type": "http.response.start", "status": r.status,
-                        "headers": [(b"content-type", r.headers.get("content-type", "").encode())]})
-            async for chunk in r.content.iter_any():
+        assert self.pool is not None
+        resp = await self.pool.request(self.upstream, scope["path"], body, {"content-type": "application/json"},
+                                       connect_timeout=5.0, head_timeout=60.0)
+        try:
+            await send({"type": "http.response.start", "status": resp.status,
+                        "headers": [(b"content-type", resp.headers.get("content-type", "").encode())]})
+            while chunk := await resp.next_chunk():
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
-        await send({"type": "http.response.body", "body": b""})
+            await send({"type": "http.response.body", "body": b""})
+        finally:
+            resp.release()
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         while True:
             message = await receive()
             if message["type"] == "lifespan.startup":
-                self.session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=4096),
-                                                     auto_decompress=False)
+                self.pool = UpstreamPool(read_timeout=60.0)
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
-                if self.session is not None:
-                    await self.session.close()
+                if self.pool is not None:
+                    await self.pool.close()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 

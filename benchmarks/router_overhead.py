@@ -177,7 +177,7 @@ async def run(args: argparse.Namespace) -> dict:
         procs.append(rt)
         eps = [Endpoint(node.url, MODEL, label="direct", backend="openai-chat"),
                Endpoint(rt.url, MODEL, label="edgefleet-router", backend="openai-chat", api_key=key)]
-        # The cost of a bare Python hop (uvicorn + aiohttp, no logic) on this machine.
+        # The cost of a bare Python hop (uvicorn + the upstream pool, no logic) on this machine.
         procs.append(passthrough(node.url, logdir))
         eps.append(Endpoint(procs[-1].url, MODEL, label="passthrough-floor", backend="openai-chat"))
         if args.litellm:
