@@ -260,6 +260,8 @@ async def handle(router: Router, scope: Scope, receive: Receive, send: Send,
                                                       stream=req.stream)
     except asyncio.CancelledError:
         gone = _client_gone(watch)
+        if watch is not None and not gone:
+            watch.stop()  # cancelled from outside (shutdown): the watcher goes too
         if ex is not None:
             ex.status, ex.error = 499, "client_disconnected"
             await ex.finish()
