@@ -81,6 +81,15 @@ async def post(pool: UpstreamPool, url: str, body: bytes = b"{}", head_timeout: 
                               connect_timeout=2.0, head_timeout=head_timeout)
 
 
+async def fetch(pool: UpstreamPool, url: str, **kw) -> bytes:
+    """POST, read the whole answer, give the connection back."""
+    resp = await post(pool, url, **kw)
+    try:
+        return await resp.read()
+    finally:
+        resp.release()
+
+
 async def test_keep_alive_reuses_one_connection_for_sized_and_chunked_answers():
     async def handler(reader, writer):
         while (req := await peer.read_request(reader)) is not None:
@@ -95,9 +104,7 @@ async def test_keep_alive_reuses_one_connection_for_sized_and_chunked_answers():
         assert resp.status == 200 and resp.headers["content-type"] == "text/plain"
         assert await resp.read() == b'hello {"a": 1}'
         resp.release()
-        resp = await post(pool, peer.url, path="/chunked")
-        assert await resp.read() == b"data: 1\n\ndata: 2\n\n"
-        resp.release()
+        assert await fetch(pool, peer.url, path="/chunked") == b"data: 1\n\ndata: 2\n\n"
         assert peer.connections == 1 and pool.opened == 1 and pool.idle_count() == 1
         first = peer.requests[0]
         assert first.startswith(b"POST /v1/x HTTP/1.1\r\n") and b"content-length: 8\r\n" in first
@@ -112,13 +119,9 @@ async def test_a_connection_the_node_closed_while_idle_is_retried_once_on_a_new_
 
     async with Peer(handler) as peer:
         pool = UpstreamPool(read_timeout=5.0)
-        resp = await post(pool, peer.url)
-        assert await resp.read() == b"one"
-        resp.release()
+        assert await fetch(pool, peer.url) == b"one"
         await asyncio.sleep(0.05)  # the close may or may not have been seen: both must work
-        resp = await post(pool, peer.url)
-        assert await resp.read() == b"one"
-        resp.release()
+        assert await fetch(pool, peer.url) == b"one"
         assert len(peer.requests) == 2 and peer.connections == 2
 
 
@@ -136,12 +139,8 @@ async def test_stale_connection_race_is_retried_without_a_second_request():
 
     async with Peer(handler) as peer:
         pool = UpstreamPool(read_timeout=5.0)
-        resp = await post(pool, peer.url)
-        assert await resp.read() == b"first"
-        resp.release()
-        resp = await post(pool, peer.url)
-        assert await resp.read() == b"fresh"
-        resp.release()
+        assert await fetch(pool, peer.url) == b"first"
+        assert await fetch(pool, peer.url) == b"fresh"
         assert peer.connections == 2 and pool.opened == 2
 
 
@@ -258,9 +257,7 @@ async def test_idle_connections_expire():
         pool = UpstreamPool(keepalive_s=0.2, read_timeout=5.0)
         for pause in (0.0, 0.0, 0.4):
             await asyncio.sleep(pause)
-            resp = await post(pool, peer.url)
-            assert await resp.read() == b"ok"
-            resp.release()
+            assert await fetch(pool, peer.url) == b"ok"
         assert pool.opened == 2  # the second reused the first; the third found it expired
 
 
@@ -276,13 +273,9 @@ async def test_a_connection_that_talks_out_of_turn_is_not_reused():
 
     async with Peer(handler) as peer:
         pool = UpstreamPool(read_timeout=5.0)
-        resp = await post(pool, peer.url)
-        assert await resp.read() == b"ok"
-        resp.release()
+        assert await fetch(pool, peer.url) == b"ok"
         await asyncio.sleep(0.3)
-        resp = await post(pool, peer.url)
-        assert await resp.read() == b"ok"
-        resp.release()
+        assert await fetch(pool, peer.url) == b"ok"
         assert pool.opened == 2 and len(peer.requests) == 2
 
 
