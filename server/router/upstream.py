@@ -101,8 +101,12 @@ class _Conn(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
-        if self.resp is not None:
-            self.resp.fail(Disconnected("The node closed the connection."))
+        resp = self.resp
+        if resp is not None:
+            if exc is None and resp.until_close and resp.status:
+                resp.on_message_complete()  # a body without a length ends with the connection
+            else:
+                resp.fail(Disconnected("The node closed the connection."))
 
     def close(self) -> None:
         self.closed = True
@@ -114,7 +118,7 @@ class Response:
     """One node response. ``status`` and ``headers`` (lower-case names) are set once
     :meth:`UpstreamPool.request` returns."""
 
-    __slots__ = ("conn", "pool", "origin", "parser", "status", "headers", "keep_alive", "eof", "got_bytes",
+    __slots__ = ("conn", "pool", "origin", "parser", "status", "headers", "keep_alive", "until_close", "eof", "got_bytes",
                  "_raw_headers", "_head", "_chunks", "_buffered", "_exc", "_waiter", "_paused", "_released", "_timer",
                  "_wait_since")
 
@@ -126,6 +130,7 @@ class Response:
         self.status = 0
         self.headers: dict[str, str] = {}
         self.keep_alive = False
+        self.until_close = False  # no Content-Length and not chunked: the body ends at EOF
         self.eof = False
         self.got_bytes = False
         self._raw_headers: list[tuple[bytes, bytes]] = []
@@ -147,7 +152,9 @@ class Response:
     def on_headers_complete(self) -> None:
         self.status = self.parser.get_status_code()
         self.keep_alive = self.parser.should_keep_alive()
-        self.headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in self._raw_headers}
+        self.headers = headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in self._raw_headers}
+        self.until_close = ("content-length" not in headers and "chunked" not in headers.get("transfer-encoding", "")
+                            and self.status >= 200 and self.status not in (204, 304))
         if not self._head.done():
             self._head.set_result(None)
 

@@ -209,6 +209,23 @@ async def test_body_stall_times_out_and_a_death_mid_body_raises_after_the_data()
         assert pool.idle_count() == 0
 
 
+async def test_a_body_without_length_ends_with_the_connection_and_is_not_an_error():
+    async def handler(reader, writer):
+        await peer.read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\nconnection: close\r\n\r\npart one, ")
+        await writer.drain()
+        writer.write(b"part two")
+        await writer.drain()
+
+    async with Peer(handler) as peer:
+        pool = UpstreamPool(read_timeout=5.0)
+        resp = await post(pool, peer.url)
+        assert resp.until_close and not resp.keep_alive
+        assert await resp.read() == b"part one, part two"
+        resp.release()
+        assert pool.idle_count() == 0
+
+
 async def test_releasing_an_unfinished_body_closes_the_connection():
     async def handler(reader, writer):
         await peer.read_request(reader)
