@@ -70,3 +70,11 @@ def test_metrics_count_each_outcome_once():
     assert 'edgefleet_router_requests_total{node="b",status="503"} 1.0' in text
     assert 'edgefleet_router_requests_total{node="a",status="499"} 1.0' in text
     assert "edgefleet_router_request_seconds_count 4.0" in text
+
+
+def test_request_ids_are_unique_and_shaped_like_before():
+    from server.router.core import new_request_id
+
+    ids = [new_request_id() for _ in range(10000)]
+    assert len(set(ids)) == len(ids)
+    assert all(i.startswith("rt-") and len(i) == 27 and int(i[3:], 16) >= 0 for i in ids)
