@@ -141,8 +141,10 @@ def validation_error(exc: RequestValidationError) -> ApiError:
     param = _field_path(tuple(first.get("loc", ())))
     kind = first.get("type", "")
     if kind == "json_invalid":
+        if "recursion limit" in str(first.get("msg", "")):  # pydantic's own JSON parser
+            return InvalidRequest("Request body is nested too deeply.")
         return InvalidRequest("Request body is not valid JSON.")
-    if kind in ("model_attributes_type", "dict_type") and param is None:
+    if kind in ("model_attributes_type", "dict_type", "model_type") and param is None:
         return InvalidRequest("Request body must be a JSON object.")
     msg = sanitize(str(first.get("msg", "invalid value")))
     if msg.startswith("Value error, "):

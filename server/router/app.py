@@ -34,7 +34,6 @@ from server.router.proxy import ProxyEndpoint
 PROXY_ROUTES = {"/v1/chat/completions": ChatCompletionRequest, "/v1/completions": CompletionRequest}
 
 
-
 class RouterHeader:
     """Every response carries ``X-Edgefleet-Node`` (``router`` when the router answered itself)."""
 

@@ -44,15 +44,11 @@ def parse_body(raw: bytes, model: type[ChatCompletionRequest] | type[CompletionR
     try:
         return model.model_validate_json(raw)
     except ValidationError as exc:
-        errors = exc.errors(include_url=False)
-        first = errors[0] if errors else {}
-        if first.get("type") == "json_invalid":
-            if "recursion limit" in str(first.get("msg", "")):
-                raise InvalidRequest("Request body is nested too deeply.") from None
-            raise InvalidRequest("Request body is not valid JSON.") from None
-        if first.get("type") == "model_type" and not first.get("loc"):
-            raise InvalidRequest("Request body must be a JSON object.") from None
-        raise RequestValidationError(errors) from None
+        err = RequestValidationError(exc.errors(include_url=False))
+        first = err.errors()[0] if err.errors() else {}
+        if first.get("type") in ("json_invalid", "model_type") and not first.get("loc"):
+            raise validation_error(err) from None  # the body as a whole: not JSON, not an object
+        raise err from None
     except RecursionError:
         raise InvalidRequest("Request body is nested too deeply.") from None
 

@@ -1,12 +1,12 @@
 """The router's connection to the nodes: keep-alive HTTP/1.1 on asyncio protocols + httptools.
 
 Every agent call crosses this twice (request out, SSE back), so it is kept to what the
-hop needs: one POST on a pooled connection, the response head, then the body as the
+hop needs: one request on a pooled connection, the response head, then the body as the
 node's socket yields it. Measured on the 2-core VM (docs/router.md), the same passthrough
 hop added 1.2-1.3 ms at p50 through aiohttp and 0.4-0.5 ms through this; the router's
 goal is 1 ms for the whole hop. httptools (the parser uvicorn uses) does the HTTP. The
-capacity poller uses the same pool: through httpx a poll cost ~10 ms of CPU per node per
-second, which a large fleet would feel.
+capacity poller uses the same pool: polling one node through httpx kept an idle router
+at 16 ms of CPU per second, through this at 5.5 ms.
 
 Rules the proxy relies on:
 - ``request`` returns once the node's response head is in; the body is then read with
@@ -258,8 +258,6 @@ class Response:
             self.pool.put(self.origin, conn)
         else:
             conn.close()
-
-    close = release  # the relay's "stop now" reads the same: an unfinished body closes
 
 
 def _no_head(head: asyncio.Future[None]) -> None:
