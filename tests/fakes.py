@@ -20,6 +20,7 @@ class ScriptedEngine:
         self.tokens = tokens
         self.step_s = step_s
         self.aborted: list[str] = []
+        self.healthy = True  # a test sets False to play a dead engine
         self._info = ModelInfo(id="fake-model", root="/nowhere", max_model_len=256, dtype="float32")
 
     @property
@@ -33,7 +34,7 @@ class ScriptedEngine:
         pass
 
     def is_healthy(self) -> bool:
-        return True
+        return self.healthy
 
     def stats(self) -> EngineStats:
         return EngineStats(max_num_seqs=4, kv_total_tokens=1000)

@@ -65,3 +65,30 @@ async def test_capacity_prediction_and_admission_fields(client):
     too_long = (await client.get("/v1/capacity", params={"prompt_tokens": 250, "max_tokens": 50})).json()
     assert too_long["prediction"]["would_admit"] is False
     assert (await client.get("/v1/capacity", params={"prompt_tokens": -1})).status_code == 400
+
+
+async def test_d3_dead_engine_is_unhealthy_refuses_work_and_calls_on_fatal(tmp_path):
+    """The deterministic half of D3 (the e2e test kills a real engine, but cannot time its
+    polls into the short window between the node noticing and exiting)."""
+    engine = ScriptedEngine()
+    runtime = NodeRuntime(NodeSettings(state_dir=tmp_path), engine)
+    fatal: list[str] = []
+    app = build_app(runtime, on_fatal=fatal.append)
+    async with app.router.lifespan_context(app):
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://127.0.0.1") as c:
+            for _ in range(100):  # the lifespan starts the engine in a task
+                if (await c.get("/ready")).status_code == 200:
+                    break
+                await asyncio.sleep(0.01)
+            assert (await c.get("/health")).status_code == 200
+            engine.healthy = False
+            health = await c.get("/health")
+            assert health.status_code == 503 and health.json()["status"] == "unhealthy"
+            assert (await c.get("/ready")).status_code == 503
+            r = await c.post("/v1/chat/completions", json=body("hi"))
+            assert r.status_code >= 500 and r.json()["error"]["code"]
+            for _ in range(40):  # the watcher polls every 0.5 s
+                if fatal:
+                    break
+                await asyncio.sleep(0.05)
+            assert fatal == ["engine died"]

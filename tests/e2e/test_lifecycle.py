@@ -99,6 +99,10 @@ def test_d3_engine_death_is_unhealthy_and_exits_nonzero(tmp_path, demo_model_dir
                 pass
             time.sleep(0.1)
         assert node.proc.wait(30) != 0
-        assert 200 not in statuses or 503 in statuses or not statuses
+        # A 200 before the node notices the death is legitimate, and the node exits right
+        # after it notices, so whether a poll lands in the 503 window is chance: the 503
+        # itself is asserted in-process (tests/api/test_engine_failures.py).
+        assert statuses <= {200, 503}, statuses
+        assert "the engine died" in node.read_log()
     finally:
         node.stop()
