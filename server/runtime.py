@@ -15,6 +15,7 @@ import os
 import socket
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from server import __version__
@@ -84,6 +85,7 @@ class NodeRuntime:
         self.start_error: str | None = None
         self._idle = asyncio.Event()
         self._idle.set()
+        self.on_idle: Callable[[], None] | None = None  # the model host's keep_alive hook
 
     # --- lifecycle ------------------------------------------------------------------
     async def start_engine(self) -> None:
@@ -185,6 +187,8 @@ class NodeRuntime:
         a = self.active.pop(request_id, None)
         if not self.active:
             self._idle.set()
+            if self.on_idle is not None:
+                self.on_idle()
         if a is None:
             return
         now = time.monotonic()

