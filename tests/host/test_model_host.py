@@ -1,0 +1,235 @@
+"""ModelHost decisions with fake engines: on-demand loads, shared loads, keep_alive, pinning,
+placement within the budget, failures and back-off, sleep and wake, shutdown during a load."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from server.capacity.schema import SCHEMA_VERSION
+from server.host import ModelUnavailable, UnknownModel
+from tests.host.hostfakes import Clock, make_host, request
+
+
+async def settle(n: int = 5) -> None:
+    for _ in range(n):
+        await asyncio.sleep(0)
+
+
+async def test_nothing_loads_until_asked_then_one_request_loads_it(tmp_path):
+    host, log, _ = make_host(tmp_path, {"a": {}, "b": {}})
+    await host.start_engine()
+    assert host.state == "ready" and log == []
+    assert {s.state for s in host.slots.values()} == {"unloaded"}
+    rt = await host.acquire("a")
+    assert rt.engine.info.id == "a" and host.slots["a"].state == "loaded" and host.slots["b"].state == "unloaded"
+    assert log == ["start a"] and host.slots["a"].load_s is not None
+    assert await host.acquire("a") is rt and log == ["start a"]  # warm: no second load
+    await host.stop()
+
+
+async def test_concurrent_first_requests_share_one_load(tmp_path):
+    host, log, _ = make_host(tmp_path, {"a": {"start_s": 0.05}})
+    await host.start_engine()
+    runtimes = await asyncio.gather(*(host.acquire("a") for _ in range(8)))
+    assert log == ["start a"]
+    assert all(r is runtimes[0] for r in runtimes)
+    await host.stop()
+
+
+async def test_a_cancelled_waiter_does_not_cancel_the_load_others_wait_on(tmp_path):
+    host, log, _ = make_host(tmp_path, {"a": {"start_s": 0.1}})
+    await host.start_engine()
+    quitter = asyncio.create_task(host.acquire("a"))
+    stayer = asyncio.create_task(host.acquire("a"))
+    await asyncio.sleep(0.02)
+    quitter.cancel()  # the client disconnected
+    rt = await stayer
+    assert quitter.cancelled() and rt.engine.info.id == "a" and host.slots["a"].state == "loaded"
+    assert log == ["start a"]
+    await host.stop()
+
+
+async def test_unknown_model(tmp_path):
+    host, _, _ = make_host(tmp_path, {"a": {}})
+    await host.start_engine()
+    with pytest.raises(UnknownModel):
+        await host.acquire("nope")
+
+
+async def test_keep_alive_zero_unloads_after_the_last_request_ends(tmp_path):
+    host, log, engines = make_host(tmp_path, {"a": {"keep_alive": 0.0}})
+    await host.start_engine()
+    rt = await host.acquire("a")
+    done1 = request(rt, "r1")
+    done2 = request(rt, "r2")
+    done1()
+    await settle()
+    assert host.slots["a"].state == "loaded"  # one request still running
+    done2()
+    await settle()
+    assert host.slots["a"].state == "unloaded" and log == ["start a", "stop a"]
+    assert host.slots["a"].runtime is None and not engines["a"].running
+    rt2 = await host.acquire("a")  # and the next request loads it again
+    assert rt2 is not rt and log[-1] == "start a"
+    await host.stop()
+
+
+async def test_keep_alive_duration_unloads_only_after_idle_that_long(tmp_path):
+    host, log, _ = make_host(tmp_path, {"a": {"keep_alive": 0.15}})
+    await host.start_engine()
+    rt = await host.acquire("a")
+    request(rt)()
+    await asyncio.sleep(0.05)
+    assert host.slots["a"].state == "loaded"
+    await asyncio.sleep(0.2)
+    assert host.slots["a"].state == "unloaded" and "idle past keep_alive" in host.slots["a"].reason
+    await host.stop()
+
+
+async def test_keep_alive_never_and_pinned_never_unload(tmp_path):
+    host, log, _ = make_host(tmp_path, {"never": {"keep_alive": None}, "pin": {"keep_alive": 0.0, "pinned": True}})
+    await host.start_engine()
+    assert host.slots["pin"].state == "loaded"  # pinned: loaded at start
+    for name in ("never", "pin"):
+        request(await host.acquire(name), name)()
+    await asyncio.sleep(0.05)
+    assert host.slots["never"].state == "loaded" and host.slots["pin"].state == "loaded"
+    assert not any(line.startswith("stop") for line in log)
+    await host.stop()
+
+
+async def test_lru_idle_model_is_evicted_to_make_room(tmp_path):
+    host, log, _ = make_host(tmp_path, {"a": {"gib": 4}, "b": {"gib": 4}, "c": {"gib": 4}}, budget_gib=10)
+    await host.start_engine()
+    await host.acquire("a")
+    await asyncio.sleep(0.01)
+    await host.acquire("b")  # a is now the least recently used
+    await host.acquire("c")
+    assert host.slots["a"].state == "unloaded" and "evicted to make room for 'c'" in host.slots["a"].reason
+    assert host.slots["b"].state == "loaded" and host.slots["c"].state == "loaded"
+    assert log == ["start a", "start b", "stop a", "start c"]
+    await host.stop()
+
+
+async def test_what_does_not_fit_is_refused_with_a_reason_and_the_other_keeps_serving(tmp_path):
+    host, log, _ = make_host(tmp_path, {"small": {"gib": 6, "pinned": True}, "big": {"gib": 6}}, budget_gib=10)
+    await host.start_engine()
+    with pytest.raises(ModelUnavailable) as err:
+        await host.acquire("big")
+    assert err.value.code == "model_load_failed" and "small" in str(err.value) and "pinned" in str(err.value)
+    assert host.slots["big"].state == "failed" and "big" in host.slots["big"].reason
+    assert (await host.acquire("small")).engine.info.id == "small"
+    assert log == ["start small"]  # nothing was even tried for big
+    await host.stop()
+
+
+async def test_busy_model_is_not_evicted(tmp_path):
+    host, _, _ = make_host(tmp_path, {"a": {"gib": 6}, "b": {"gib": 6}}, budget_gib=10)
+    await host.start_engine()
+    finish = request(await host.acquire("a"))
+    with pytest.raises(ModelUnavailable, match="busy"):
+        await host.acquire("b")
+    finish()
+    host.slots["b"].retry_at = 0  # past the back-off
+    assert (await host.acquire("b")).engine.info.id == "b" and host.slots["a"].state == "unloaded"
+    await host.stop()
+
+
+async def test_failed_load_backs_off_then_retries(tmp_path):
+    clock = Clock()
+    host, log, _ = make_host(tmp_path, {"bad": {"fail": "corrupt weights"}, "ok": {}}, clock=clock)
+    await host.start_engine()
+    with pytest.raises(ModelUnavailable, match="corrupt weights"):
+        await host.acquire("bad")
+    slot = host.slots["bad"]
+    assert slot.state == "failed" and "corrupt weights" in slot.reason and log == ["start bad", "stop bad"]
+    with pytest.raises(ModelUnavailable) as err:  # within the back-off: no new attempt
+        await host.acquire("bad")
+    assert err.value.retry_after and log == ["start bad", "stop bad"]
+    assert (await host.acquire("ok")).engine.info.id == "ok"  # the others keep serving
+    clock.t += 10
+    with pytest.raises(ModelUnavailable):
+        await host.acquire("bad")
+    assert log.count("start bad") == 2 and slot.failures == 2
+    entry = next(m for m in host.capacity().models if m.id == "bad")
+    assert entry.state == "failed" and "corrupt weights" in entry.state_reason
+    await host.stop()
+
+
+async def test_load_timeout_is_a_503_but_the_load_goes_on(tmp_path):
+    host, _, _ = make_host(tmp_path, {"slow": {"start_s": 0.3}}, load_timeout=0.05)
+    await host.start_engine()
+    with pytest.raises(ModelUnavailable) as err:
+        await host.acquire("slow")
+    assert err.value.code == "model_loading"
+    await asyncio.sleep(0.4)
+    assert host.slots["slow"].state == "loaded"
+    await host.stop()
+
+
+async def test_stop_during_a_load_abandons_it_and_holds_nothing(tmp_path):
+    host, log, engines = make_host(tmp_path, {"a": {"start_s": 5.0}})
+    await host.start_engine()
+    waiter = asyncio.create_task(host.acquire("a"))
+    await asyncio.sleep(0.02)
+    await host.stop()
+    assert host.slots["a"].state == "unloaded" and host.slots["a"].runtime is None
+    assert log == ["start a", "stop a"]
+    with pytest.raises((ModelUnavailable, asyncio.CancelledError)):
+        await waiter
+
+
+async def test_sleep_capable_engine_sleeps_and_wakes(tmp_path):
+    host, log, _ = make_host(tmp_path, {"a": {"can_sleep": True, "keep_alive": 0.0}})
+    await host.start_engine()
+    rt = await host.acquire("a")
+    request(rt)()
+    await settle()
+    assert host.slots["a"].state == "sleeping" and log == ["start a", "sleep a"]
+    assert await host.acquire("a") is rt  # woken, not reloaded
+    assert log == ["start a", "sleep a", "wake a"] and host.slots["a"].wake_s is not None
+    await host.stop()
+
+
+async def test_admin_unload_and_sleep_without_sleep_mode(tmp_path):
+    host, log, _ = make_host(tmp_path, {"a": {}})
+    await host.start_engine()
+    await host.load("a")
+    finish = request(host.slots["a"].runtime)
+    with pytest.raises(ModelUnavailable) as err:
+        await host.unload("a")
+    assert err.value.status == 409
+    finish()
+    slot = await host.sleep("a")  # no sleep mode: a full unload
+    assert slot.state == "unloaded" and log == ["start a", "stop a"]
+    await host.stop()
+
+
+async def test_capacity_v2_lists_every_model_with_state_and_keeps_v1_fields(tmp_path):
+    host, _, _ = make_host(tmp_path, {"a": {"gib": 2}, "b": {"gib": 3, "pinned": True}})
+    await host.start_engine()
+    rt = await host.acquire("a")
+    finish = request(rt)
+    cap = host.capacity(prompt_tokens=512, max_tokens=64)
+    assert cap.schema_version == SCHEMA_VERSION == 2
+    by = {m.id: m for m in cap.models}
+    assert by["a"].state == "loaded" and by["b"].state == "loaded" and by["b"].pinned
+    assert by["a"].last_used is not None and by["a"].load_s is not None and by["a"].memory_bytes == 2 << 30
+    assert cap.memory_budget_bytes == 10 << 30 and cap.state == "ready"
+    assert cap.admission["in_flight"] == 1 and cap.prediction is not None and cap.prediction.would_admit
+    finish()
+    await host.unload("a")
+    by = {m.id: m for m in host.capacity().models}
+    assert by["a"].state == "unloaded" and by["a"].max_model_len == 256
+    await host.stop()
+
+
+async def test_drain_refuses_new_loads(tmp_path):
+    host, _, _ = make_host(tmp_path, {"a": {}})
+    await host.start_engine()
+    assert await host.drain(1.0) == 0
+    with pytest.raises(ModelUnavailable) as err:
+        await host.acquire("a")
+    assert err.value.code == "draining"
