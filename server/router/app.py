@@ -30,6 +30,8 @@ from server.router.core import Router
 from server.router.mcp_tools import build_mcp
 from server.router.policy import estimate
 from server.router.proxy import ProxyEndpoint
+from server.router.warm import install_warm_routes, warm_model
+from server.router.warmth import model_states
 
 PROXY_ROUTES = {"/v1/chat/completions": ChatCompletionRequest, "/v1/completions": CompletionRequest}
 
@@ -107,6 +109,9 @@ class LocalBackend:
     async def pick(self, model: str, prompt_tokens: int, max_tokens: int) -> dict[str, Any]:
         return pick_view(self.router, model, prompt_tokens, max_tokens)
 
+    async def warm(self, model: str) -> dict[str, Any]:
+        return (await warm_model(self.router, model))[1]
+
     async def chat(self, body: dict[str, Any], key_id: str | None = None) -> tuple[int, dict[str, Any], str | None]:
         token = _mcp_caller.set(key_id)
         try:
@@ -121,8 +126,10 @@ def models_view(router: Router) -> list[dict[str, Any]]:
     out = []
     for model_id, nodes in sorted(router.registry.models(now).items()):
         entries = [m for n in nodes for m in n.capacity.models if m.id == model_id]  # type: ignore[union-attr]
-        out.append({"id": model_id, "max_model_len": min(m.max_model_len for m in entries),
-                    "nodes": [n.name for n in nodes], "ready_nodes": [n.name for n in nodes if n.is_ready(now)]})
+        out.append({"id": model_id, "max_model_len": min((m.max_model_len for m in entries if m.max_model_len),
+                                                          default=0),
+                    "nodes": [n.name for n in nodes], "ready_nodes": [n.name for n in nodes if n.is_ready(now)],
+                    "states": {n.name: model_states(n).get(model_id, "loaded") for n in nodes}})
     return out
 
 
@@ -172,12 +179,15 @@ def create_app(settings: RouterSettings) -> tuple[ASGIApp, Router]:
     @inner.get("/v1/models")
     async def list_models() -> dict[str, Any]:
         data = [{"id": m["id"], "object": "model", "created": 0, "owned_by": "edgefleet", "root": m["id"],
-                 "parent": None, "max_model_len": m["max_model_len"]} for m in models_view(router) if m["ready_nodes"]]
+                 "parent": None, "max_model_len": m["max_model_len"], "states": m["states"]}
+                for m in models_view(router) if m["ready_nodes"]]
         return {"object": "list", "data": data}
 
     @inner.get("/v1/fleet")
     async def fleet() -> dict[str, Any]:
         return fleet_view(router)
+
+    install_warm_routes(inner, router)
 
     @inner.get("/v1/fleet/pick")
     async def pick(model: str, prompt_tokens: int = Query(512, ge=1, le=10_000_000),

@@ -196,12 +196,18 @@ def fleet_table(doc: dict[str, Any]):
         name = n["name"] + (" [magenta](sim)[/]" if n.get("simulated") else "")
         table.add_row(
             name, n["url"], n.get("zone") or "-", f"[{style}]{health}[/]", cap.get("state", "-"),
-            ", ".join(m["id"] for m in cap.get("models", [])) or "-",
+            ", ".join(_model_label(m) for m in cap.get("models", [])) or "-",
             str(load.get("running", "-")), str(load.get("waiting", "-")),
             f"{100 * load['kv_cache_usage']:.0f}" if "kv_cache_usage" in load else "-",
             "-" if n.get("rtt_ms") is None else f"{n['rtt_ms']:.1f}",
             "-" if n.get("score_ms") is None else f"{n['score_ms']:.1f}", str(n.get("inflight", 0)))
     return table
+
+
+def _model_label(m: dict[str, Any]) -> str:
+    """``id`` when loaded (and for version-1 nodes), else ``id (state)``."""
+    state = m.get("state", "loaded")
+    return m["id"] if state == "loaded" else f"{m['id']} ({state})"
 
 
 @click.command()

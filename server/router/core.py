@@ -23,6 +23,7 @@ from server.router.policy import Estimate, estimate, make_policy
 from server.router.poller import Poller
 from server.router.registry import Node, NodeSpec, Registry
 from server.router.upstream import ConnectTimeout, Response, UpstreamIOError, UpstreamPool
+from server.router.warmth import prefer_warm
 
 log = logging.getLogger("edgefleet.router")
 
@@ -119,7 +120,7 @@ class Router:
                 raise ModelNotFound(f"Node '{node.name}' does not serve model '{model[:128]}'.", param="model")
             if not node.is_ready(now):
                 raise self.no_healthy(f"Node '{node.name}' is not ready.")
-            return [estimate(node, prompt_tokens)]
+            return [estimate(node, prompt_tokens, model=model)]
         nodes = self.registry.nodes()
         serving = [n for n in nodes if n.serves(model)]
         if not serving:
@@ -135,9 +136,9 @@ class Router:
             near = [n for n in ready if n.zone == zone]
             far = [n for n in ready if n.zone != zone]
             if near:
-                return (self.policy.rank(near, prompt_tokens, max_tokens)
-                        + (self.policy.rank(far, prompt_tokens, max_tokens) if far else []))
-        return self.policy.rank(ready, prompt_tokens, max_tokens)
+                return (prefer_warm(self.policy.rank(near, prompt_tokens, max_tokens, model), model)
+                        + (prefer_warm(self.policy.rank(far, prompt_tokens, max_tokens, model), model) if far else []))
+        return prefer_warm(self.policy.rank(ready, prompt_tokens, max_tokens, model), model)
 
     def no_healthy(self, message: str = "No healthy node is available.") -> NoHealthyNode:
         retry = max(1, round(self.settings.open_s))

@@ -27,6 +27,7 @@ class FleetBackend(Protocol):
     async def models(self) -> list[dict[str, Any]]: ...
     async def nodes(self) -> list[dict[str, Any]]: ...
     async def pick(self, model: str, prompt_tokens: int, max_tokens: int) -> dict[str, Any]: ...
+    async def warm(self, model: str) -> dict[str, Any]: ...
     async def chat(self, body: dict[str, Any], key_id: str | None = None) -> tuple[int, dict[str, Any], str | None]:
         """``key_id``: the client key that called the tool, when the transport authenticated one."""
         ...
@@ -39,6 +40,7 @@ def summarize_node(v: dict[str, Any]) -> dict[str, Any]:
         "name": v["name"], "url": v["url"], "zone": v.get("zone"), "health": v["health"], "ready": v["ready"],
         "rtt_ms": v.get("rtt_ms"), "simulated": v.get("simulated", False),
         "models": [m["id"] for m in cap.get("models", [])], "state": cap.get("state"),
+        "model_states": {m["id"]: m.get("state", "loaded") for m in cap.get("models", [])},
         "running": load.get("running"), "waiting": load.get("waiting"),
         "predicted_ttft_ms": v.get("score_ms"),
     }
@@ -72,6 +74,15 @@ def build_mcp(backend: FleetBackend) -> MCPServer:
         """The node that would answer first: its base URL, predicted TTFT in ms, and why."""
         try:
             return await backend.pick(model, prompt_tokens, max_tokens)
+        except ApiError as err:
+            raise ToolError(f"{err.code}: {err.message}") from None
+
+    @mcp.tool()
+    async def warm_model(model: str) -> dict[str, Any]:
+        """Ask the node that would serve this model to load it now, so a later call does not wait for
+        the load. Returns the node and whether a load was started."""
+        try:
+            return await backend.warm(model)
         except ApiError as err:
             raise ToolError(f"{err.code}: {err.message}") from None
 
@@ -128,6 +139,13 @@ class HttpBackend:
 
     async def pick(self, model: str, prompt_tokens: int, max_tokens: int) -> dict[str, Any]:
         return await self._get("/v1/fleet/pick", model=model, prompt_tokens=prompt_tokens, max_tokens=max_tokens)
+
+    async def warm(self, model: str) -> dict[str, Any]:
+        resp = await self.client.post("/v1/fleet/warm", json={"model": model})
+        if resp.status_code not in (200, 202):
+            err = resp.json().get("error", {}) if resp.headers.get("content-type", "").startswith("application/json") else {}
+            raise ToolError(f"{err.get('code')}: {err.get('message', '')} (router answered HTTP {resp.status_code})")
+        return resp.json()
 
     async def chat(self, body: dict[str, Any], key_id: str | None = None) -> tuple[int, dict[str, Any], str | None]:
         # The router authenticates this client by its own key; key_id is not ours to claim.

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from server.router.registry import Node
+from server.router.warmth import load_penalty_ms
 
 REF_PROMPT_TOKENS = 512
 REF_MAX_TOKENS = 128
@@ -39,14 +40,25 @@ class Estimate:
     rtt_ms: float
     wait_ms: float
     prefill_ms: float
+    load_ms: float = 0.0  # the model's load or wake time on this node (server/router/warmth.py)
 
     def reason(self) -> str:
+        load = f" + model load/wake {self.load_ms:.1f}" if self.load_ms else ""
         return (f"predicted TTFT {self.ttft_ms:.1f} ms = RTT {self.rtt_ms:.1f} + queue wait {self.wait_ms:.1f}"
-                f" + prefill {self.prefill_ms:.1f} (node running {self.node.capacity.load.running if self.node.capacity else '?'},"
+                f" + prefill {self.prefill_ms:.1f}{load} (node running {self.node.capacity.load.running if self.node.capacity else '?'},"
                 f" router in flight {self.node.inflight})")
 
 
-def estimate(node: Node, prompt_tokens: int, mean_max_tokens: float = REF_MAX_TOKENS / 2) -> Estimate:
+def estimate(node: Node, prompt_tokens: int, mean_max_tokens: float = REF_MAX_TOKENS / 2,
+             model: str | None = None) -> Estimate:
+    est = _estimate(node, prompt_tokens, mean_max_tokens)
+    if model is not None and est.ttft_ms != float("inf"):
+        est.load_ms = load_penalty_ms(node, model)
+        est.ttft_ms += est.load_ms
+    return est
+
+
+def _estimate(node: Node, prompt_tokens: int, mean_max_tokens: float) -> Estimate:
     cap = node.capacity
     rtt = node.rtt_ms or 0.0
     if cap is None:
@@ -80,7 +92,8 @@ def estimate(node: Node, prompt_tokens: int, mean_max_tokens: float = REF_MAX_TO
 class Policy(Protocol):
     name: str
 
-    def rank(self, nodes: list[Node], prompt_tokens: int, max_tokens: int) -> list[Estimate]: ...
+    def rank(self, nodes: list[Node], prompt_tokens: int, max_tokens: int,
+             model: str | None = None) -> list[Estimate]: ...
 
 
 class _Base:
@@ -90,17 +103,19 @@ class _Base:
         self.rng = rng or random.Random()
         self.mean_max_tokens = REF_MAX_TOKENS / 2.0
 
-    def _estimates(self, nodes: list[Node], prompt_tokens: int, max_tokens: int) -> list[Estimate]:
+    def _estimates(self, nodes: list[Node], prompt_tokens: int, max_tokens: int,
+                   model: str | None = None) -> list[Estimate]:
         # Remaining decode of a running sequence is on average half its max_tokens.
         self.mean_max_tokens = 0.9 * self.mean_max_tokens + 0.1 * (max_tokens / 2.0)
-        return [estimate(n, prompt_tokens, self.mean_max_tokens) for n in nodes]
+        return [estimate(n, prompt_tokens, self.mean_max_tokens, model) for n in nodes]
 
 
 class NearestIdle(_Base):
     name = "nearest_idle"
 
-    def rank(self, nodes: list[Node], prompt_tokens: int, max_tokens: int) -> list[Estimate]:
-        ests = sorted(self._estimates(nodes, prompt_tokens, max_tokens), key=lambda e: e.ttft_ms)
+    def rank(self, nodes: list[Node], prompt_tokens: int, max_tokens: int,
+             model: str | None = None) -> list[Estimate]:
+        ests = sorted(self._estimates(nodes, prompt_tokens, max_tokens, model), key=lambda e: e.ttft_ms)
         if len(ests) < 2:
             return ests
         best = ests[0].ttft_ms
@@ -120,8 +135,9 @@ class RoundRobin(_Base):
         super().__init__(rng)
         self._next = 0
 
-    def rank(self, nodes: list[Node], prompt_tokens: int, max_tokens: int) -> list[Estimate]:
-        ests = sorted(self._estimates(nodes, prompt_tokens, max_tokens), key=lambda e: e.node.url)
+    def rank(self, nodes: list[Node], prompt_tokens: int, max_tokens: int,
+             model: str | None = None) -> list[Estimate]:
+        ests = sorted(self._estimates(nodes, prompt_tokens, max_tokens, model), key=lambda e: e.node.url)
         if not ests:
             return ests
         k = self._next % len(ests)
@@ -132,8 +148,9 @@ class RoundRobin(_Base):
 class RandomChoice(_Base):
     name = "random"
 
-    def rank(self, nodes: list[Node], prompt_tokens: int, max_tokens: int) -> list[Estimate]:
-        ests = self._estimates(nodes, prompt_tokens, max_tokens)
+    def rank(self, nodes: list[Node], prompt_tokens: int, max_tokens: int,
+             model: str | None = None) -> list[Estimate]:
+        ests = self._estimates(nodes, prompt_tokens, max_tokens, model)
         self.rng.shuffle(ests)
         return ests
 
@@ -143,8 +160,9 @@ class LeastLoaded(_Base):
 
     name = "least_loaded"
 
-    def rank(self, nodes: list[Node], prompt_tokens: int, max_tokens: int) -> list[Estimate]:
-        ests = self._estimates(nodes, prompt_tokens, max_tokens)
+    def rank(self, nodes: list[Node], prompt_tokens: int, max_tokens: int,
+             model: str | None = None) -> list[Estimate]:
+        ests = self._estimates(nodes, prompt_tokens, max_tokens, model)
         self.rng.shuffle(ests)  # random among equals
 
         def load(e: Estimate) -> int:

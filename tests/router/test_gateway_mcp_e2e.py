@@ -151,7 +151,7 @@ async def test_mcp_over_streamable_http(gw):
     http = httpx2.AsyncClient(headers={"authorization": f"Bearer {KEYS['carol']}"}, timeout=30)
     async with Client(streamable_http_client(router.url + "/mcp", http_client=http)) as client:
         names = {t.name for t in (await client.list_tools()).tools}
-        assert names == {"list_models", "list_nodes", "get_node_capacity", "pick_node", "complete"}
+        assert names == {"list_models", "list_nodes", "get_node_capacity", "pick_node", "complete", "warm_model"}
         models = _tool_json(await client.call_tool("list_models", {}))
         assert models[0]["id"] == "sim-model"
         nodes = _tool_json(await client.call_tool("list_nodes", {}))
