@@ -142,14 +142,12 @@ def build_specs(base: NodeSettings, models: list[str | None], models_dir: str | 
         if "model" not in table and "name" not in table:
             raise ValueError(f"[[models]] entry {i + 1}: needs 'model' (a path) or 'name'")
         target = None
-        for e in entries:
+        flagged = [e for e in entries if e["_source"] != "config" and "name" not in e]  # from 1 or 2
+        for e in flagged:
             if "model" in table and _key(e.get("model")) == _key(table["model"]):
                 target = e
-            elif "model" not in table and e.get("name") == table["name"]:
-                target = e
-        if target is None and "model" not in table:
-            # match by the served name entries 1-2 would get
-            for e in entries:
+        if target is None and "model" not in table:  # by the served name entries 1-2 would get
+            for e in flagged:
                 if served_name(base.model_copy(update={"model": e["model"]})) == table["name"]:
                     target = e
         if target is None:
