@@ -153,6 +153,7 @@ class ModelHost:
         self._place_lock = asyncio.Lock()
         self._bg: set[asyncio.Task] = set()
         self._watch: asyncio.Task | None = None
+        self._imported: asyncio.Task | None = None
         self._identity: Any = None  # node_id, name, probe: built on first capacity()
 
     # --- the NodeRuntime surface the app uses ------------------------------------------
@@ -184,15 +185,19 @@ class ModelHost:
         return out
 
     async def start_engine(self) -> None:
-        """The node is ready at once; pinned models load now (a failed one is ``failed``)."""
-        self.state = "ready"
-        log.info("model host ready: %d model(s) available (%s); budget %.2f GiB of %s",
+        """Pinned models load first (as a single-model node's model does); then the node is
+        ready. A pinned model that fails to load is ``failed``, and the node serves the rest."""
+        log.info("model host: %d model(s) available (%s); budget %.2f GiB of %s",
                  len(self.slots), ", ".join(self.slots), self.budget_bytes / (1 << 30), self.budget_source)
         self._watch = asyncio.create_task(self._watch_engines())
-        self._spawn(asyncio.to_thread(_preimport, {s.spec.settings.engine for s in self.slots.values()}))
+        # Loads wait for it: two threads importing one lazy package (transformers) race.
+        self._imported = asyncio.create_task(
+            asyncio.to_thread(_preimport, {s.spec.settings.engine for s in self.slots.values()}))
         pinned = [s for s in self.slots.values() if s.spec.pinned]
         for slot in pinned:
             await asyncio.shield(self._ensure_task(slot))
+        if self.state == "starting":
+            self.state = "ready"
 
     async def drain(self, timeout: float) -> int:
         self.state = "draining"
@@ -322,6 +327,8 @@ class ModelHost:
                 slot.wake_s = self.clock() - t0
                 log.info("woke %s in %.2f s", spec.name, slot.wake_s)
             else:
+                if self._imported is not None:
+                    await asyncio.shield(self._imported)
                 log.info("loading %s (%s engine)", spec.name, spec.settings.engine)
                 engine = self.engine_factory(spec.settings)
                 runtime = self.runtime_factory(spec.settings, engine)
