@@ -124,6 +124,10 @@ def _key(model: str | None) -> str | None:
     return str(p.resolve()) if p.exists() else model
 
 
+def _with_model(base: NodeSettings, model: str | None) -> NodeSettings:
+    return base.model_copy(update={"model": model, "served_model_name": None})
+
+
 def build_specs(base: NodeSettings, models: list[str | None], models_dir: str | None,
                 tables: list[dict[str, Any]], keep_alive: str | float | None) -> list[ModelSpec]:
     """The host's entries. ``base`` holds the node-wide settings (engine, dtype ... as
@@ -143,12 +147,13 @@ def build_specs(base: NodeSettings, models: list[str | None], models_dir: str | 
             raise ValueError(f"[[models]] entry {i + 1}: needs 'model' (a path) or 'name'")
         target = None
         flagged = [e for e in entries if e["_source"] != "config" and "name" not in e]  # from 1 or 2
-        for e in flagged:
-            if "model" in table and _key(e.get("model")) == _key(table["model"]):
+        for e in flagged:  # same path, and no other served name: a second name is a second entry
+            if "model" in table and _key(e.get("model")) == _key(table["model"]) and (
+                    "name" not in table or served_name(_with_model(base, e["model"])) == table["name"]):
                 target = e
         if target is None and "model" not in table:  # by the served name entries 1-2 would get
             for e in flagged:
-                if served_name(base.model_copy(update={"model": e["model"]})) == table["name"]:
+                if served_name(_with_model(base, e["model"])) == table["name"]:
                     target = e
         if target is None:
             entries.append({**table, "_source": "config"})

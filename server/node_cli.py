@@ -45,8 +45,8 @@ def _toml_to_params(data: dict[str, Any]) -> dict[str, Any]:
         key = _PLURALS.get(key, key)
         if isinstance(value, dict):
             value = [f"{k}={json.dumps(v) if not isinstance(v, str) else v}" for k, v in value.items()]
-        if key == "model" and isinstance(value, str):  # --model is repeatable
-            value = [value]
+        if key == "model":  # --model is repeatable; its parameter is "models"
+            key, value = "models", [value] if isinstance(value, str) else value
         out[key] = value
     return out
 
