@@ -258,6 +258,9 @@ class ModelHost:
         if slot.state != "loaded" or slot.runtime is None:
             raise ModelUnavailable(f"Model '{model}' could not be loaded: {slot.reason}", code="model_load_failed",
                                    retry_after=max(1.0, slot.retry_at - self.clock()))
+        if self.state == "draining":  # SIGTERM arrived while this request waited for the load
+            raise ModelUnavailable("The node is draining; not accepting requests.", code="draining",
+                                   retry_after=5)
         self._touch(slot)
         return slot.runtime
 
@@ -346,6 +349,7 @@ class ModelHost:
         except asyncio.CancelledError:  # SIGTERM during a load: abandon it, hold nothing
             slot.state = "unloaded"
             slot.reason = "load abandoned (node stopping)"
+            engine = engine or (slot.runtime.engine if slot.runtime is not None else None)
             if engine is not None:
                 with contextlib.suppress(BaseException):
                     await asyncio.shield(engine.stop())
@@ -353,7 +357,8 @@ class ModelHost:
             raise
         except Exception as exc:
             reason = f"{type(exc).__name__}: {str(exc)[:300]}"
-            log.error("loading %s failed: %s", spec.name, reason)
+            log.error("%s %s failed: %s", "waking" if waking else "loading", spec.name, reason)
+            engine = engine or (slot.runtime.engine if slot.runtime is not None else None)
             if engine is not None:
                 with contextlib.suppress(Exception):
                     await engine.stop()

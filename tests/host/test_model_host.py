@@ -233,3 +233,32 @@ async def test_drain_refuses_new_loads(tmp_path):
     with pytest.raises(ModelUnavailable) as err:
         await host.acquire("a")
     assert err.value.code == "draining"
+
+
+async def test_a_failed_wake_stops_the_sleeping_engine(tmp_path):
+    host, log, engines = make_host(tmp_path, {"a": {"can_sleep": True, "keep_alive": 0.0}})
+    await host.start_engine()
+    request(await host.acquire("a"))()
+    await settle()
+    assert host.slots["a"].state == "sleeping"
+
+    async def broken_wake() -> None:
+        raise RuntimeError("wake failed")
+
+    engines["a"].wake_up = broken_wake
+    with pytest.raises(ModelUnavailable, match="wake failed"):
+        await host.acquire("a")
+    assert host.slots["a"].state == "failed" and host.slots["a"].runtime is None and log[-1] == "stop a"
+
+
+async def test_a_request_waiting_on_a_load_when_draining_starts_is_refused(tmp_path):
+    host, _, _ = make_host(tmp_path, {"a": {"start_s": 0.1}})
+    await host.start_engine()
+    waiter = asyncio.create_task(host.acquire("a"))
+    await asyncio.sleep(0.02)
+    await host.drain(1.0)
+    with pytest.raises(ModelUnavailable) as err:
+        await waiter
+    assert err.value.code == "draining"
+    await host.stop()
+    assert host.slots["a"].runtime is None
