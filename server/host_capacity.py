@@ -15,14 +15,21 @@ from typing import TYPE_CHECKING
 from server import __version__
 from server.capacity.accelerators import AcceleratorProbe
 from server.capacity.perf import predict_ttft
-from server.capacity.schema import Capacity, EngineLoad, Identity, ModelEntry, Performance, Prediction
+from server.capacity.schema import (
+    Capacity,
+    EngineLoad,
+    Identity,
+    ModelEntry,
+    Performance,
+    Prediction,
+)
 
 if TYPE_CHECKING:
     from server.host import ModelHost, ModelSlot
 
 
 class _Ident:
-    __slots__ = ("node_id", "name", "probe")
+    __slots__ = ("name", "node_id", "probe")
 
     def __init__(self, host: ModelHost):
         from server.runtime import stable_node_id

@@ -14,7 +14,6 @@ Sources, merged in this order (a later one refines an earlier one for the same m
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
@@ -80,7 +79,13 @@ def kv_bytes_per_token_of(settings: NodeSettings) -> int:
 def estimate_bytes(settings: NodeSettings) -> tuple[int, int | None]:
     """(bytes the model will hold: weights + KV cache, its max context), from config.json
     alone (server/plan.py); a GGUF file counts its size. 0 when unknown (a hub id)."""
-    from server.plan import DTYPE_BYTES, SCHEMES, kv_bytes_per_token, read_shape, weight_bytes
+    from server.plan import (
+        DTYPE_BYTES,
+        SCHEMES,
+        kv_bytes_per_token,
+        read_shape,
+        weight_bytes,
+    )
 
     if settings.engine == "sim":
         return 0, settings.max_model_len

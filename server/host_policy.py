@@ -17,7 +17,7 @@ _UNIT_S = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(b|k|kb|kib|m|mb|mib|g|gb|gib|t|tb|tib)?\s*$", re.IGNORECASE)
 
 
-def parse_keep_alive(value: str | int | float | None) -> float | None:
+def parse_keep_alive(value: str | float | None) -> float | None:
     """Ollama's keep_alive: a duration (``5m``, ``30s``, ``1h``, a bare number of seconds),
     ``0`` = unload as soon as the last request finishes, any negative value = never.
 
@@ -42,7 +42,7 @@ def format_keep_alive(seconds: float | None) -> str:
     return "never" if seconds is None else f"{seconds:g}s"
 
 
-def parse_bytes(value: str | int | float) -> int:
+def parse_bytes(value: str | float) -> int:
     """``8GiB``, ``512m``, ``2g`` or a number of bytes (binary units: 1g = 1 GiB)."""
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         return int(value)

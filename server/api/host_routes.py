@@ -12,7 +12,13 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
-from server.api.errors import ApiError, ModelNotFound, NotReady, PermissionDenied, sanitize
+from server.api.errors import (
+    ApiError,
+    ModelNotFound,
+    NotReady,
+    PermissionDenied,
+    sanitize,
+)
 from server.host import ModelHost, ModelUnavailable, UnknownModel
 from server.host_capacity import model_entry
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from click.testing import CliRunner
 
-import server.node_cli as node_cli
+from server import node_cli
 from server.config import NodeSettings
 from server.demo_model import TinyLlamaSpec, build_llama_dir
 from server.host_config import build_specs, discover

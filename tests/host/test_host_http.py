@@ -77,7 +77,7 @@ async def test_admin_routes_need_the_key(node):
 
 
 async def test_admin_refused_on_a_keyless_non_loopback_bind(tmp_path):
-    host, log, _ = make_host(tmp_path, {"a": {}}, host="0.0.0.0")
+    host, _, _ = make_host(tmp_path, {"a": {}}, host="0.0.0.0")
     app = build_app(host, api_key=None)
     await host.start_engine()
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://127.0.0.1") as c:

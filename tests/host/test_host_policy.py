@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import pytest
 
-from server.host_policy import GiB, Resident, backoff_s, idle_expired, parse_bytes, parse_keep_alive, place
+from server.host_policy import (
+    GiB,
+    Resident,
+    backoff_s,
+    idle_expired,
+    parse_bytes,
+    parse_keep_alive,
+    place,
+)
 
 
 @pytest.mark.parametrize(("value", "seconds"), [

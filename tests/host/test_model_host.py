@@ -77,7 +77,7 @@ async def test_keep_alive_zero_unloads_after_the_last_request_ends(tmp_path):
 
 
 async def test_keep_alive_duration_unloads_only_after_idle_that_long(tmp_path):
-    host, log, _ = make_host(tmp_path, {"a": {"keep_alive": 0.15}})
+    host, _, _ = make_host(tmp_path, {"a": {"keep_alive": 0.15}})
     await host.start_engine()
     rt = await host.acquire("a")
     request(rt)()
@@ -170,7 +170,7 @@ async def test_load_timeout_is_a_503_but_the_load_goes_on(tmp_path):
 
 
 async def test_stop_during_a_load_abandons_it_and_holds_nothing(tmp_path):
-    host, log, engines = make_host(tmp_path, {"a": {"start_s": 5.0}})
+    host, log, _ = make_host(tmp_path, {"a": {"start_s": 5.0}})
     await host.start_engine()
     waiter = asyncio.create_task(host.acquire("a"))
     await asyncio.sleep(0.02)

@@ -9,7 +9,6 @@ fixture cold, and a router fronts both.
 from __future__ import annotations
 
 import concurrent.futures
-import time
 from pathlib import Path
 
 import httpx
