@@ -122,6 +122,10 @@ def _default_engine_factory(settings: NodeSettings) -> Any:
         from server.plan import choose_quantization
 
         settings = settings.model_copy(update={"quantization": choose_quantization(settings).method})
+    if settings.engine == "vllm":
+        from server.host_sleep import make_vllm_engine, vllm_sleep_available
+
+        return make_vllm_engine(settings, sleep=vllm_sleep_available())
     return create_engine(settings)
 
 
