@@ -19,6 +19,9 @@ def build_host(settings: NodeSettings, models: list[str], tables: list[dict[str,
     entries: list[str | None] = list(models)
     if not entries and not models_dir and not tables:
         entries = [None]  # the demo model
+    if settings.served_model_name:
+        raise ValueError("--served-model-name names one model; with several, give each its name in a [[models]] "
+                         "table (name = ...)")
     specs = build_specs(settings, entries, models_dir, tables, keep_alive)
     if not eager_given:  # the demo model's speed is irrelevant; its start time is not (as with one model)
         for spec in specs:

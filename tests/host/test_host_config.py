@@ -118,3 +118,8 @@ def test_bad_host_options_are_usage_errors(models_dir, captured):
     assert r.exit_code == 2 and "keep_alive" in r.output
     r = CliRunner().invoke(node_cli.serve, ["--models-dir", str(models_dir), "--memory-budget", "lots"])
     assert r.exit_code == 2 and "memory size" in r.output
+
+
+def test_served_model_name_with_several_models_is_a_usage_error(models_dir, captured):
+    r = CliRunner().invoke(node_cli.serve, ["--models-dir", str(models_dir), "--served-model-name", "x"])
+    assert r.exit_code == 2 and "[[models]]" in r.output
