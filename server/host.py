@@ -325,10 +325,13 @@ class ModelHost:
                     self._fail(slot, decision.reason)
                     log.warning("refusing to load %s: %s", spec.name, decision.reason)
                     return
-                for name in decision.evict:
+                jobs = []
+                for name in decision.evict:  # all marked before the first await: none can be acquired
                     log.info("evicting %s to make room for %s", name, spec.name)
-                    await self._release(self.slots[name], f"evicted to make room for '{spec.name}'",
-                                        allow_sleep=True)
+                    jobs.append(self._detach(self.slots[name], f"evicted to make room for '{spec.name}'", True))
+                for job in jobs:
+                    if job is not None:
+                        await job
             if waking:
                 await slot.runtime.engine.wake_up()
                 slot.wake_s = self.clock() - t0
@@ -396,7 +399,9 @@ class ModelHost:
         if slot.state != "loaded":
             return
         if idle_expired(slot.spec.keep_alive_s, slot.spec.pinned, slot.busy, slot.last_used, self.clock()):
-            self._spawn(self._release(slot, f"idle past keep_alive ({slot.spec.keep_alive_s:g} s)", allow_sleep=True))
+            job = self._detach(slot, f"idle past keep_alive ({slot.spec.keep_alive_s:g} s)", True)
+            if job is not None:
+                self._spawn(job)
         elif not slot.busy:
             self._schedule_idle(slot)
 
@@ -406,25 +411,38 @@ class ModelHost:
         t.add_done_callback(self._bg.discard)
 
     async def _release(self, slot: ModelSlot, why: str, *, allow_sleep: bool) -> None:
+        job = self._detach(slot, why, allow_sleep)
+        if job is not None:
+            await job
+
+    def _detach(self, slot: ModelSlot, why: str, allow_sleep: bool) -> Any:
+        """Mark the slot released now, synchronously, so no request can acquire it from here
+        on; returns the awaitable that stops (or puts to sleep) its engine, or None."""
         runtime = slot.runtime
         if slot.timer is not None:
             slot.timer.cancel()
             slot.timer = None
-        if runtime is None:
-            return
+        if runtime is None or slot.state not in ("loaded", "sleeping"):
+            return None
+        if slot.state == "sleeping" and allow_sleep:
+            return None  # already asleep
         engine = runtime.engine
-        if allow_sleep and slot.state == "loaded" and getattr(engine, "can_sleep", False):
+        slot.reason = why
+        if allow_sleep and getattr(engine, "can_sleep", False):
             slot.state = "sleeping"
-            slot.reason = why
-            await engine.sleep()
-            log.info("%s is asleep: %s", slot.spec.name, why)
-            return
+            return self._finish_sleep(slot, engine, why)
         slot.runtime = None
         slot.state = "unloaded"
-        slot.reason = why
+        return self._finish_unload(slot, engine, why)
+
+    async def _finish_sleep(self, slot: ModelSlot, engine: Any, why: str) -> None:
+        await engine.sleep()
+        log.info("%s is asleep: %s", slot.spec.name, why)
+
+    async def _finish_unload(self, slot: ModelSlot, engine: Any, why: str) -> None:
         with contextlib.suppress(Exception):
             await engine.stop()
-        del runtime, engine
+        del engine
         _collect()
         log.info("%s unloaded: %s", slot.spec.name, why)
 

@@ -262,3 +262,31 @@ async def test_a_request_waiting_on_a_load_when_draining_starts_is_refused(tmp_p
     assert err.value.code == "draining"
     await host.stop()
     assert host.slots["a"].runtime is None
+
+
+async def test_stop_also_stops_a_sleeping_engine(tmp_path):
+    host, log, _ = make_host(tmp_path, {"a": {"can_sleep": True, "keep_alive": 0.0}})
+    await host.start_engine()
+    request(await host.acquire("a"))()
+    await settle()
+    assert host.slots["a"].state == "sleeping"
+    await host.stop()
+    assert log == ["start a", "sleep a", "stop a"] and host.slots["a"].runtime is None
+
+
+async def test_a_request_arriving_as_keep_alive_fires_is_never_cut_off(tmp_path):
+    """The idle release marks the model released in the same step it decides; a request that
+    acquires afterwards loads it again instead of running on an engine being stopped."""
+    host, log, engines = make_host(tmp_path, {"a": {"keep_alive": 0.0}})
+    await host.start_engine()
+    rt = await host.acquire("a")
+    request(rt)()  # schedules the idle check
+    for _ in range(10):
+        await asyncio.sleep(0)
+        if host.slots["a"].state != "loaded":
+            break
+    # marked released before its engine is stopped (that happens in a task, later)
+    assert host.slots["a"].state == "unloaded" and "stop a" not in log
+    rt2 = await host.acquire("a")
+    assert rt2 is not rt and host.slots["a"].state == "loaded" and engines["a"].running
+    await host.stop()
