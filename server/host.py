@@ -26,73 +26,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 from server.config import NodeSettings
+from server.host_engines import collect, default_engine_factory, default_runtime_factory, measured_bytes, preimport
 from server.host_policy import Resident, backoff_s, idle_expired, place
+from server.host_slots import HOLDS_MEMORY, ModelSlot, ModelSpec, ModelState, ModelUnavailable, UnknownModel
 
 log = logging.getLogger("edgefleet.host")
-
-ModelState = Literal["loaded", "loading", "sleeping", "unloaded", "failed"]
-HOLDS_MEMORY = ("loaded", "loading")
-
-
-class UnknownModel(LookupError):
-    pass
-
-
-class ModelUnavailable(RuntimeError):
-    """The model exists but cannot serve now (failed load, no room, draining, load timeout)."""
-
-    def __init__(self, message: str, *, code: str, retry_after: float | None = None, status: int = 503):
-        super().__init__(message)
-        self.code = code
-        self.retry_after = retry_after
-        self.status = status
-
-
-@dataclass(slots=True)
-class ModelSpec:
-    name: str  # the id clients send
-    settings: NodeSettings  # this model's settings (model path, engine, dtype, ...)
-    keep_alive_s: float | None = 300.0
-    pinned: bool = False
-    memory_bytes: int = 0  # estimated share of the budget, before any load
-    max_model_len: int | None = None  # known without loading (config.json), for /v1/models
-    source: str = ""  # where the entry came from: --model, --models-dir, config
-
-
-@dataclass(slots=True)
-class ModelSlot:
-    spec: ModelSpec
-    state: ModelState = "unloaded"
-    runtime: Any = None  # NodeRuntime while loaded or sleeping
-    task: asyncio.Task | None = None
-    reason: str | None = None
-    failures: int = 0
-    retry_at: float = 0.0
-    last_used: float = 0.0  # monotonic
-    last_used_unix: float | None = None
-    load_s: float | None = None
-    wake_s: float | None = None
-    loads: int = 0
-    waiters: int = 0
-    measured_bytes: int | None = None
-    timer: asyncio.TimerHandle | None = None
-
-    @property
-    def busy(self) -> bool:
-        return self.waiters > 0 or self.state == "loading" or bool(self.runtime is not None and self.runtime.active)
-
-    @property
-    def memory_bytes(self) -> int:
-        return self.measured_bytes or self.spec.memory_bytes
-
 
 class _HostEngine:
     """What the app's lifespan asks of ``runtime.engine``: health and stop."""
@@ -109,31 +53,11 @@ class _HostEngine:
         await self._host.stop()
 
 
-def _default_runtime_factory(settings: NodeSettings, engine: Any) -> Any:
-    from server.runtime import NodeRuntime
-
-    return NodeRuntime(settings, engine)
-
-
-def _default_engine_factory(settings: NodeSettings) -> Any:
-    from server.engine import create_engine
-
-    if settings.quantization == "auto":
-        from server.plan import choose_quantization
-
-        settings = settings.model_copy(update={"quantization": choose_quantization(settings).method})
-    if settings.engine == "vllm":
-        from server.host_sleep import make_vllm_engine, vllm_sleep_available
-
-        return make_vllm_engine(settings, sleep=vllm_sleep_available())
-    return create_engine(settings)
-
-
 class ModelHost:
     def __init__(self, settings: NodeSettings, specs: list[ModelSpec], *, budget_bytes: int,
                  budget_source: str = "", load_timeout: float = 300.0,
-                 engine_factory: Callable[[NodeSettings], Any] = _default_engine_factory,
-                 runtime_factory: Callable[[NodeSettings, Any], Any] = _default_runtime_factory,
+                 engine_factory: Callable[[NodeSettings], Any] = default_engine_factory,
+                 runtime_factory: Callable[[NodeSettings, Any], Any] = default_runtime_factory,
                  clock: Callable[[], float] = time.monotonic):
         names = [s.name for s in specs]
         dupes = sorted({n for n in names if names.count(n) > 1})
@@ -196,7 +120,7 @@ class ModelHost:
         self._watch = asyncio.create_task(self._watch_engines())
         # Loads wait for it: two threads importing one lazy package (transformers) race.
         self._imported = asyncio.create_task(
-            asyncio.to_thread(_preimport, {s.spec.settings.engine for s in self.slots.values()}))
+            asyncio.to_thread(preimport, {s.spec.settings.engine for s in self.slots.values()}))
         pinned = [s for s in self.slots.values() if s.spec.pinned]
         for slot in pinned:
             await asyncio.shield(self._ensure_task(slot))
@@ -346,7 +270,7 @@ class ModelHost:
                 slot.runtime = runtime
                 slot.load_s = self.clock() - t0
                 slot.loads += 1
-                slot.measured_bytes = _measured_bytes(runtime, spec.memory_bytes)
+                slot.measured_bytes = measured_bytes(runtime, spec.memory_bytes)
                 log.info("loaded %s in %.2f s", spec.name, slot.load_s)
             slot.runtime.on_idle = lambda: self._schedule_idle(slot)
             slot.state = "loaded"
@@ -371,7 +295,7 @@ class ModelHost:
                     await engine.stop()
             slot.runtime = None
             self._fail(slot, reason)
-            _collect()
+            collect()
 
     def _fail(self, slot: ModelSlot, reason: str) -> None:
         slot.state = "failed"
@@ -443,7 +367,7 @@ class ModelHost:
         with contextlib.suppress(Exception):
             await engine.stop()
         del engine
-        _collect()
+        collect()
         log.info("%s unloaded: %s", slot.spec.name, why)
 
     async def _watch_engines(self) -> None:
@@ -465,45 +389,4 @@ class ModelHost:
         return host_capacity(self, prompt_tokens, max_tokens)
 
 
-def _measured_bytes(runtime: Any, estimate: int) -> int:
-    """Weights the engine reports plus its KV cache; the estimate where it reports nothing."""
-    try:
-        info = runtime.engine.info
-        stats = runtime.engine.stats()
-    except Exception:
-        return estimate
-    if not info.weight_bytes:
-        return estimate
-    kv = 0
-    if stats.kv_total_tokens and estimate:
-        from server.host_config import kv_bytes_per_token_of
-
-        kv = stats.kv_total_tokens * kv_bytes_per_token_of(runtime.settings)
-    return int(info.weight_bytes + kv) or estimate
-
-
-_PREIMPORT = {"native": ("server.engine.native.setup", "transformers:AutoTokenizer"),
-              "vllm": ("server.engine.vllm_engine", "vllm")}
-
-
-def _preimport(engines: set[str]) -> None:
-    """Import the engines' libraries once at start, off the event loop: in a fresh process
-    they cost far more than a small model's load (native: ~11 s of the first load's ~12 s
-    on a 2-core machine; later loads of the demo model take 0.2-0.8 s)."""
-    import importlib
-
-    for kind in sorted(engines):
-        for name in _PREIMPORT.get(kind, ()):
-            mod, _, attr = name.partition(":")
-            try:
-                m = importlib.import_module(mod)
-                if attr:
-                    getattr(m, attr)
-            except Exception as exc:  # the load itself will report it properly
-                log.debug("pre-import of %s failed: %s", name, exc)
-
-
-def _collect() -> None:
-    # NodeRuntime.start_engine freezes the heap; an unloaded model's objects must be collectable.
-    gc.unfreeze()
-    gc.collect()
+__all__ = ["HOLDS_MEMORY", "ModelHost", "ModelSlot", "ModelSpec", "ModelState", "ModelUnavailable", "UnknownModel"]
