@@ -85,3 +85,12 @@ async def test_admin_refused_on_a_keyless_non_loopback_bind(tmp_path):
         assert r.status_code == 403 and r.json()["error"]["code"] == "admin_disabled"
         assert (await c.post("/v1/chat/completions", json=chat("a"))).status_code == 200  # inference still works
     await host.stop()
+
+
+def test_fleet_table_marks_models_that_are_not_loaded():
+    from server.router.cli import _model_label
+
+    assert _model_label({"id": "a"}) == "a"  # a version-1 node: loaded
+    assert _model_label({"id": "a", "state": "loaded"}) == "a"
+    assert _model_label({"id": "b", "state": "sleeping"}) == "b (sleeping)"
+    assert _model_label({"id": "c", "state": "failed"}) == "c (failed)"
