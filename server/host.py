@@ -128,7 +128,12 @@ class ModelHost:
             self.state = "ready"
 
     async def drain(self, timeout: float) -> int:
+        """SIGTERM: refuse new work, abandon loads in progress (their waiters get 503
+        ``draining`` and their engines are stopped), let running requests finish."""
         self.state = "draining"
+        for slot in self.slots.values():
+            if slot.task is not None and not slot.task.done():
+                slot.task.cancel()
         loaded = [s.runtime for s in self.slots.values() if s.runtime is not None and s.state == "loaded"]
         counts = await asyncio.gather(*(r.drain(timeout) for r in loaded))
         return sum(counts)
@@ -181,6 +186,12 @@ class ModelHost:
         except TimeoutError:
             raise ModelUnavailable(f"Model '{model}' is still loading after {self.load_timeout:g} s; retry later.",
                                    code="model_loading", retry_after=5) from None
+        except asyncio.CancelledError:
+            me = asyncio.current_task()
+            if not task.cancelled() or (me is not None and me.cancelling()):
+                raise  # this waiter itself was cancelled
+            raise ModelUnavailable(f"Model '{model}': the load was abandoned; the node is draining.",
+                                   code="draining", retry_after=5) from None
         finally:
             slot.waiters -= 1
         if slot.state != "loaded" or slot.runtime is None:

@@ -177,7 +177,9 @@ def build_specs(base: NodeSettings, models: list[str | None], models_dir: str | 
         settings = NodeSettings.model_validate({**base.model_dump(), "served_model_name": None, **update})
         ka = parse_keep_alive(e["keep_alive"]) if "keep_alive" in e else default_ka
         need, ctx = estimate_bytes(settings)
-        specs.append(ModelSpec(name=served_name(settings), settings=settings, keep_alive_s=ka,
+        name = served_name(settings)
+        settings = settings.model_copy(update={"served_model_name": name})  # every engine serves it by this name
+        specs.append(ModelSpec(name=name, settings=settings, keep_alive_s=ka,
                                pinned=bool(e.get("pinned", False)), memory_bytes=need, max_model_len=ctx,
                                source=e.get("_source", "config")))
     return specs

@@ -251,17 +251,19 @@ async def test_a_failed_wake_stops_the_sleeping_engine(tmp_path):
     assert host.slots["a"].state == "failed" and host.slots["a"].runtime is None and log[-1] == "stop a"
 
 
-async def test_a_request_waiting_on_a_load_when_draining_starts_is_refused(tmp_path):
-    host, _, _ = make_host(tmp_path, {"a": {"start_s": 0.1}})
+async def test_draining_abandons_a_load_and_its_waiters_get_503(tmp_path):
+    host, log, _ = make_host(tmp_path, {"a": {"start_s": 5.0}})
     await host.start_engine()
-    waiter = asyncio.create_task(host.acquire("a"))
+    waiters = [asyncio.create_task(host.acquire("a")) for _ in range(2)]
     await asyncio.sleep(0.02)
     await host.drain(1.0)
-    with pytest.raises(ModelUnavailable) as err:
-        await waiter
-    assert err.value.code == "draining"
+    for w in waiters:
+        with pytest.raises(ModelUnavailable) as err:
+            await w
+        assert err.value.code == "draining"
+    assert host.slots["a"].state == "unloaded" and host.slots["a"].runtime is None
+    assert log == ["start a", "stop a"]
     await host.stop()
-    assert host.slots["a"].runtime is None
 
 
 async def test_stop_also_stops_a_sleeping_engine(tmp_path):

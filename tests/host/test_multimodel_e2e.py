@@ -9,6 +9,9 @@ fixture cold, and a router fronts both.
 from __future__ import annotations
 
 import concurrent.futures
+import signal
+import threading
+import time
 from pathlib import Path
 
 import httpx
@@ -182,3 +185,28 @@ def test_router_sends_warm_model_to_the_warm_node(tmp_path, demo_model_dir, seco
         launch.close()
         for proc in nodes:
             proc.stop()
+
+
+def test_sigterm_during_a_load_abandons_it_and_exits(tmp_path):
+    """A simulated engine that takes 30 s to load: SIGTERM mid-load ends the load, the waiting
+    client gets 503 draining, and the node exits 0 at once."""
+    cfg = tmp_path / "node.toml"
+    cfg.write_text('engine = "sim"\n[[models]]\nname = "fast"\n'
+                   '[[models]]\nname = "slow"\nengine_options = { load_s = 30 }\n')
+    proc = NodeProcess("--config", str(cfg), "--state-dir", str(tmp_path / "state"), log_path=tmp_path / "node.log")
+    try:
+        proc.wait_ready(timeout=60, model="fast")
+        assert chat(proc.url, "fast").status_code == 200
+        result: dict = {}
+        client = threading.Thread(target=lambda: result.update(r=chat(proc.url, "slow", timeout=60)))
+        client.start()
+        assert wait_until(lambda: states(proc.url)["slow"]["state"] == "loading", timeout=10)
+        t0 = time.monotonic()
+        proc.proc.send_signal(signal.SIGTERM)
+        assert proc.proc.wait(20) == 0
+        assert time.monotonic() - t0 < 10
+        client.join(10)
+        r = result["r"]
+        assert r.status_code == 503 and r.json()["error"]["code"] == "draining"
+    finally:
+        proc.stop()
