@@ -62,7 +62,7 @@ def model_entry(slot: ModelSlot) -> ModelEntry:
     return ModelEntry(**base, state=slot.state, state_reason=slot.reason, pinned=spec.pinned,
                       keep_alive_s=spec.keep_alive_s, memory_bytes=slot.memory_bytes,
                       last_used=slot.last_used_unix, load_s=slot.load_s, wake_s=slot.wake_s,
-                      running=running, waiting=waiting)
+                      running=running, waiting=waiting + slot.waiters)  # waiting for its load too
 
 
 def host_capacity(host: ModelHost, prompt_tokens: int | None, max_tokens: int | None) -> Capacity:
@@ -74,7 +74,9 @@ def host_capacity(host: ModelHost, prompt_tokens: int | None, max_tokens: int | 
     queued = sum(sl.runtime.queued() for sl in loaded)
     total_tokens = sum(st.kv_total_tokens for st in stats)
     used_tokens = sum(st.kv_total_tokens - st.kv_free_tokens for st in stats)
-    load = EngineLoad(running=sum(st.num_running for st in stats), waiting=sum(st.num_waiting for st in stats),
+    load_waiters = sum(sl.waiters for sl in host.slots.values())  # requests waiting for a load queue too
+    load = EngineLoad(running=sum(st.num_running for st in stats),
+                      waiting=sum(st.num_waiting for st in stats) + load_waiters,
                       waiting_prompt_tokens=sum(st.waiting_prompt_tokens for st in stats),
                       kv_cache_usage=min(1.0, used_tokens / total_tokens) if total_tokens else 0.0,
                       kv_free_tokens=sum(st.kv_free_tokens for st in stats), kv_total_tokens=total_tokens,
@@ -91,8 +93,8 @@ def host_capacity(host: ModelHost, prompt_tokens: int | None, max_tokens: int | 
         accelerators=idn.probe.read(), cpu_only=idn.probe.cpu_only, load=load,
         performance=Performance(**{k: v for k, v in summary.items() if k != "mean_e2e_s"}),
         idle=in_flight == 0 and load.running == 0 and load.waiting == 0,
-        admission={"in_flight": in_flight, "queued": queued, "max_queued_requests": s.max_queued_requests,
-                   "max_queue_wait_s": s.max_queue_wait},
+        admission={"in_flight": in_flight, "queued": queued, "waiting_for_load": load_waiters,
+                   "max_queued_requests": s.max_queued_requests, "max_queue_wait_s": s.max_queue_wait},
         memory_budget_bytes=host.budget_bytes,
     )
     if prompt_tokens is not None:

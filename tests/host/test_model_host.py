@@ -292,3 +292,17 @@ async def test_a_request_arriving_as_keep_alive_fires_is_never_cut_off(tmp_path)
     rt2 = await host.acquire("a")
     assert rt2 is not rt and host.slots["a"].state == "loaded" and engines["a"].running
     await host.stop()
+
+
+async def test_requests_waiting_for_a_load_count_as_waiting(tmp_path):
+    host, _, _ = make_host(tmp_path, {"a": {"start_s": 0.2}})
+    await host.start_engine()
+    waiters = [asyncio.create_task(host.acquire("a")) for _ in range(3)]
+    await asyncio.sleep(0.05)
+    cap = host.capacity()
+    entry = next(m for m in cap.models if m.id == "a")
+    assert entry.state == "loading" and entry.waiting == 3
+    assert cap.load.waiting == 3 and cap.admission["waiting_for_load"] == 3 and not cap.idle
+    await asyncio.gather(*waiters)
+    assert host.capacity().load.waiting == 0
+    await host.stop()
