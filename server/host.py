@@ -337,8 +337,12 @@ class ModelHost:
             job = self._detach(slot, f"idle past keep_alive ({slot.spec.keep_alive_s:g} s)", True)
             if job is not None:
                 self._spawn(job)
-        elif not slot.busy:
-            self._schedule_idle(slot)
+        elif slot.spec.keep_alive_s is not None and not slot.spec.pinned:
+            # Not yet idle long enough, or busy: look again when it could be (a request that
+            # acquired the model but failed before it began never calls on_idle).
+            left = slot.last_used + slot.spec.keep_alive_s - self.clock()
+            delay = max(0.5, slot.spec.keep_alive_s if slot.busy else left)
+            slot.timer = asyncio.get_running_loop().call_later(delay, self._idle_check, slot)
 
     def _spawn(self, coro: Any) -> None:
         t = asyncio.create_task(coro)

@@ -306,3 +306,17 @@ async def test_requests_waiting_for_a_load_count_as_waiting(tmp_path):
     await asyncio.gather(*waiters)
     assert host.capacity().load.waiting == 0
     await host.stop()
+
+
+async def test_keep_alive_0_still_unloads_after_a_request_that_failed_before_it_began(tmp_path):
+    """The load's waiter is still counted when the first idle check runs; a request that then
+    fails validation never begins (so never ends): a later check releases the model."""
+    host, log, _ = make_host(tmp_path, {"a": {"keep_alive": 0.0}})
+    await host.start_engine()
+    await host.acquire("a")  # and the request is refused before Generation
+    for _ in range(30):
+        await asyncio.sleep(0.05)
+        if host.slots["a"].state == "unloaded":
+            break
+    assert host.slots["a"].state == "unloaded" and log == ["start a", "stop a"]
+    await host.stop()
