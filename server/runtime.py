@@ -18,7 +18,7 @@ import uuid
 from dataclasses import dataclass, field
 
 from server import __version__
-from server.api.errors import NotReady, Overloaded
+from server.edge.errors import NotReady, Overloaded
 from server.capacity.accelerators import AcceleratorProbe
 from server.capacity.metrics import NodeMetrics
 from server.capacity.perf import PerfWindow, RequestTiming, predict_ttft

@@ -11,7 +11,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
 
 from server.api.deps import get_ready_runtime, require_json
-from server.api.errors import InvalidRequest
+from server.edge.errors import InvalidRequest
 from server.api.generation import (
     ClientGone,
     Generation,
@@ -21,7 +21,7 @@ from server.api.generation import (
     start_stream,
     until_disconnect,
 )
-from server.api.protocol import ChatCompletionRequest, NamedToolChoice, finite_or_none
+from server.edge.protocol import ChatCompletionRequest, NamedToolChoice, finite_or_none
 from server.api.sse import event, sse_response
 from server.api.toolstream import ToolCallGate
 from server.engine.base import Delta, PositionLogprobs, ToolCall

@@ -10,7 +10,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
 
 from server.api.deps import get_ready_runtime, require_json
-from server.api.errors import InvalidRequest
+from server.edge.errors import InvalidRequest
 from server.api.generation import (
     ClientGone,
     Generation,
@@ -20,7 +20,7 @@ from server.api.generation import (
     start_stream,
     until_disconnect,
 )
-from server.api.protocol import CompletionRequest, finite_or_none
+from server.edge.protocol import CompletionRequest, finite_or_none
 from server.api.sse import event, sse_response
 from server.engine.base import Delta, PositionLogprobs
 from server.runtime import NodeRuntime

@@ -17,7 +17,7 @@ from typing import TypeVar
 
 from starlette.requests import Request
 
-from server.api.errors import (
+from server.edge.errors import (
     ApiError,
     ContextLengthExceeded,
     EngineUnavailable,

@@ -15,15 +15,17 @@ from typing import Any
 
 import httpx
 from fastapi import FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from mcp.server.transport_security import TransportSecuritySettings
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from server import __version__
-from server.api.errors import NotFound, install_handlers
-from server.api.protocol import ChatCompletionRequest, CompletionRequest
-from server.api.security import SecurityMiddleware
+from server.edge.errors import NotFound
+from server.edge.render import install_handlers
+from server.edge.protocol import ChatCompletionRequest, CompletionRequest
+from server.edge.security import SecurityMiddleware
 from server.config import is_loopback
 from server.router.config import RouterSettings
 from server.router.core import Router
@@ -162,7 +164,7 @@ def create_app(settings: RouterSettings) -> tuple[ASGIApp, Router]:
 
     inner = FastAPI(title="edgefleet router", version=__version__, lifespan=lifespan,
                     docs_url=None, redoc_url=None)
-    install_handlers(inner)
+    install_handlers(inner, validation=RequestValidationError)
 
     # FastPath serves these; the routes keep the inner app whole (and its 405s) by itself.
     for path, schema in PROXY_ROUTES.items():

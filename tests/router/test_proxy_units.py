@@ -3,10 +3,9 @@
 import json
 
 import pytest
-from fastapi.exceptions import RequestValidationError
 
-from server.api.errors import InvalidRequest
-from server.api.protocol import ChatCompletionRequest, CompletionRequest
+from server.edge.errors import InvalidRequest
+from server.edge.protocol import ChatCompletionRequest, CompletionRequest
 from server.router.audit import AuditLog, redact
 from server.router.cli import fleet_table
 from server.router.proxy import estimate_prompt_tokens, parse_body
@@ -18,10 +17,11 @@ def test_parse_body_rejects_bad_json_shapes():
                          (b'{"a":' * 100000 + b"1" + b"}" * 100000, "nested too deeply")):
         with pytest.raises(InvalidRequest, match=message):
             parse_body(raw, ChatCompletionRequest)
-    with pytest.raises(RequestValidationError):
+    with pytest.raises(InvalidRequest, match="'temperature'") as nan:
         parse_body(b'{"model": "m", "messages": [{"role": "user", "content": "x"}], "temperature": NaN}',
                    ChatCompletionRequest)
-    with pytest.raises(RequestValidationError):
+    assert nan.value.param == "temperature"
+    with pytest.raises(InvalidRequest, match="'base_url' is not accepted"):
         parse_body(b'{"model": "m", "prompt": "x", "base_url": "http://elsewhere"}', CompletionRequest)
     req = parse_body(b'{"model": "m", "prompt": "hello"}', CompletionRequest)
     assert req.prompt == "hello" and req.model == "m"

@@ -6,8 +6,8 @@ import httpx
 import pytest
 from fastapi import FastAPI, Request
 
-from server.api.errors import install_handlers
-from server.api.security import ApiKey, KeyStore, SecurityMiddleware, hash_key
+from server.edge.render import install_handlers
+from server.edge.security import ApiKey, KeyStore, SecurityMiddleware, hash_key
 
 
 def make_app(keys: KeyStore, loopback: bool = True, **kw) -> FastAPI:
@@ -43,7 +43,7 @@ def test_keys_are_stored_hashed_and_verified():
 
 
 def test_verified_keys_are_remembered_bounded_and_only_when_accepted(monkeypatch):
-    import server.api.security as security
+    import server.edge.security as security
 
     store = KeyStore([ApiKey("alice", hash_key("k1"))])
     calls = []

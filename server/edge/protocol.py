@@ -13,7 +13,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, field_validator, model_validator
 
-from server.engine.base import SamplingOptions
+from server.sampling import SamplingOptions
 
 MAX_STOP_STRINGS = 16
 MAX_STOP_LENGTH = 512
