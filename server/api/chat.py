@@ -11,9 +11,8 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
 
 from server.api.deps import get_ready_runtime, require_json
-from server.edge.errors import InvalidRequest
+from server.edge.errors import ClientGone, InvalidRequest
 from server.api.generation import (
-    ClientGone,
     Generation,
     check_model_and_n,
     new_id,
@@ -21,7 +20,7 @@ from server.api.generation import (
     start_stream,
     until_disconnect,
 )
-from server.edge.protocol import ChatCompletionRequest, NamedToolChoice, finite_or_none
+from server.edge.protocol import ChatCompletionRequest, NamedToolChoice, Usage, clamp_logprob
 from server.api.sse import event, sse_response
 from server.api.toolstream import ToolCallGate
 from server.engine.base import Delta, PositionLogprobs, ToolCall
@@ -103,7 +102,7 @@ def _logprobs_json(items: list[PositionLogprobs] | None) -> list[dict[str, Any]]
         return None
 
     def one(t) -> dict[str, Any]:
-        return {"token": t.token, "logprob": finite_or_none(t.logprob), "bytes": list(t.token.encode("utf-8"))}
+        return {"token": t.token, "logprob": clamp_logprob(t.logprob), "bytes": list(t.token.encode("utf-8"))}
 
     return [{**one(p.sampled), "top_logprobs": [one(t) for t in p.top]} for p in items]
 
@@ -163,9 +162,7 @@ async def _collect(gen: Generation, req: ChatCompletionRequest, mode: str, runti
     completion = sum(counts)
     return {"id": gen.request_id, "object": "chat.completion", "created": int(time.time()), "model": req.model,
             "choices": choices,
-            "usage": {"prompt_tokens": len(gen.prompt_ids), "completion_tokens": completion,
-                      "total_tokens": len(gen.prompt_ids) + completion,
-                      "prompt_tokens_details": {"cached_tokens": cached}}}
+            "usage": Usage.of(len(gen.prompt_ids), completion, cached).wire()}
 
 
 async def _stream(gen: Generation, req: ChatCompletionRequest, mode: str, request: Request,
@@ -225,6 +222,4 @@ async def _events(gen: Generation, req: ChatCompletionRequest, mode: str, base: 
             choice["logprobs"] = {"content": _logprobs_json(d.logprobs)}
         yield event({**base, "choices": [choice]})
     if req.include_usage():
-        n_prompt = len(gen.prompt_ids)
-        yield event({**base, "choices": [], "usage": {"prompt_tokens": n_prompt, "completion_tokens": completion,
-                                                      "total_tokens": n_prompt + completion}})
+        yield event({**base, "choices": [], "usage": Usage.of(len(gen.prompt_ids), completion).wire()})

@@ -30,6 +30,11 @@ class ApiError(Exception):
         return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
 
 
+class ClientGone(Exception):
+    """The client went away (before its body was in, or while its answer was computed):
+    nobody is left to answer. Not an ApiError: it is never rendered."""
+
+
 class InvalidRequest(ApiError):
     pass
 

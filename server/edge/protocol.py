@@ -312,6 +312,16 @@ class Usage(BaseModel):
     total_tokens: int
     prompt_tokens_details: dict[str, int] | None = None
 
+    @classmethod
+    def of(cls, prompt_tokens: int, completion_tokens: int, cached_tokens: int | None = None) -> Usage:
+        details = None if cached_tokens is None else {"cached_tokens": cached_tokens}
+        return cls(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
+                   total_tokens=prompt_tokens + completion_tokens, prompt_tokens_details=details)
+
+    def wire(self) -> dict[str, Any]:
+        """The JSON object a reply carries (``prompt_tokens_details`` only when known)."""
+        return self.model_dump(exclude_none=True)
+
 
 class ModelCard(BaseModel):
     id: str
@@ -333,5 +343,9 @@ def dumps(obj: Any) -> str:
     return json.dumps(obj, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
 
 
-def finite_or_none(x: float) -> float | None:
-    return x if math.isfinite(x) else -9999.0
+LOGPROB_FLOOR = -9999.0  # what vLLM reports for a token of probability zero
+
+
+def clamp_logprob(x: float) -> float:
+    """A logprob JSON can carry: -inf (and NaN) become :data:`LOGPROB_FLOOR`, as in vLLM."""
+    return x if math.isfinite(x) else LOGPROB_FLOOR

@@ -19,7 +19,7 @@ from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import Receive, Scope, Send
 
-from server.edge.errors import (ApiError, InternalError, InvalidRequest, RateLimited, UpstreamError, UpstreamTimeout,
+from server.edge.errors import (ApiError, ClientGone, InternalError, InvalidRequest, RateLimited, UpstreamError, UpstreamTimeout,
                                 validation_error)
 from server.edge.media import require_json
 from server.edge.protocol import ChatCompletionRequest, CompletionRequest
@@ -33,10 +33,6 @@ from server.router.upstream import UpstreamIOError
 CHARS_PER_TOKEN = 4  # prompt-length estimate for scoring; the node counts exactly
 
 log = logging.getLogger("edgefleet.router")
-
-
-class _ClientGone(Exception):
-    """The client left before its request body was in."""
 
 
 def parse_body(raw: bytes, model: type[ChatCompletionRequest] | type[CompletionRequest]) -> Any:
@@ -201,7 +197,7 @@ async def _read_body(receive: Receive) -> bytes:
     while True:
         message = await receive()
         if message["type"] == "http.disconnect":
-            raise _ClientGone
+            raise ClientGone
         parts.append(message.get("body", b""))
         if not message.get("more_body"):
             return parts[0] if len(parts) == 1 else b"".join(parts)
@@ -258,7 +254,7 @@ async def handle(router: Router, scope: Scope, receive: Receive, send: Send,
         if not gone:
             raise
         return  # nobody is left to answer
-    except _ClientGone:
+    except ClientGone:
         return  # left while sending the body: nothing was admitted
     except ApiError as err:
         if watch is not None:
