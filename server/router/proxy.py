@@ -209,6 +209,11 @@ async def _send_error(send: Send, err: ApiError) -> None:
     await send_error(send, err)
 
 
+def _mark(ex: Exchange | None, status: int, error: str | None) -> None:
+    if ex is not None:
+        ex.status, ex.error = status, error
+
+
 async def handle(router: Router, scope: Scope, receive: Receive, send: Send,
                  schema: type[ChatCompletionRequest] | type[CompletionRequest]) -> None:
     """Serve one proxied call on plain ASGI: admit, rank, open the upstream, answer.
@@ -219,6 +224,8 @@ async def handle(router: Router, scope: Scope, receive: Receive, send: Send,
     headers = dict(scope["headers"])
     ex: Exchange | None = None
     watch: _Watch | None = None
+    reply: ApiError | None = None  # an error to answer with, once the exchange is finished
+    opened = False  # the node answered: _relay or _whole owns the exchange from here
     try:
         require_json(headers.get(b"content-type"))
         raw = await _read_body(receive)
@@ -244,37 +251,37 @@ async def handle(router: Router, scope: Scope, receive: Receive, send: Send,
         # request yields, so a burst is never ranked against counts missing its own members.
         ex.node, ex.resp = await router.open_upstream(scope["path"], raw, ranked, ex.request_id, ex.attempts,
                                                       stream=req.stream)
+        opened = True
     except asyncio.CancelledError:
-        gone = _client_gone(watch)
-        if watch is not None and not gone:
-            watch.stop()  # cancelled from outside (shutdown): the watcher goes too
-        if ex is not None:
-            ex.status, ex.error = 499, "client_disconnected"
-            await ex.finish()
-        if not gone:
-            raise
+        _mark(ex, 499, "client_disconnected")
+        if not _client_gone(watch):
+            raise  # cancelled from outside (shutdown)
         return  # nobody is left to answer
     except ClientGone:
         return  # left while sending the body: nothing was admitted
     except ApiError as err:
-        if watch is not None:
-            watch.disarm()
-        if ex is not None:
-            ex.status, ex.error = err.status_code, err.code
-            await ex.finish()
-            err.headers.setdefault("X-Request-Id", ex.request_id)
-        await _send_error(send, err)
-        return
-    except Exception as exc:
-        if watch is not None:
-            watch.stop()
-        if ex is not None:
-            ex.status, ex.error = 500, "internal_error"
-            await ex.finish()
-        if isinstance(exc, StarletteHTTPException):
-            raise  # the body limit (413), rendered by the security middleware
+        _mark(ex, err.status_code, err.code)
+        reply = err
+    except StarletteHTTPException as exc:
+        _mark(ex, exc.status_code, "request_too_large")
+        raise  # the body limit (413), rendered by the security middleware
+    except Exception:
         log.exception("unhandled error in the proxy path")
-        await _send_error(send, InternalError("Internal server error."))
+        _mark(ex, 500, "internal_error")
+        reply = InternalError("Internal server error.")
+    finally:
+        if not opened:  # the one cleanup for every way out before the node answered
+            if watch is not None:
+                if reply is not None:
+                    watch.disarm()  # an answer follows; the watcher ends with the exchange
+                else:
+                    watch.stop()
+            if ex is not None:
+                await ex.finish()
+    if reply is not None:
+        if ex is not None:
+            reply.headers.setdefault("X-Request-Id", ex.request_id)
+        await _send_error(send, reply)
         return
     ex.status = ex.resp.status
     head = [(b"content-type", ex.resp.headers.get("content-type", "application/json").encode("latin-1")),
