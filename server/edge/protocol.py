@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from enum import Enum
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, field_validator, model_validator
@@ -242,6 +243,19 @@ class _SamplingFields(_Strict):
         )
 
 
+class ToolMode(Enum):
+    """How a chat request uses its tools (from ``tools`` and ``tool_choice``)."""
+
+    NONE = "none"  # no tools, or tool_choice "none": plain text
+    AUTO = "auto"  # the model may call; the engine's tool parser finds calls in the text
+    REQUIRED = "required"  # the model must call one of the tools (constrained decoding)
+    NAMED = "named"  # the model must call the named tool (constrained decoding)
+
+    @property
+    def forced(self) -> bool:
+        return self in (ToolMode.REQUIRED, ToolMode.NAMED)
+
+
 class ChatCompletionRequest(_SamplingFields):
     messages: list[ChatMessage] = Field(min_length=1)
     logprobs: StrictBool = False
@@ -262,6 +276,13 @@ class ChatCompletionRequest(_SamplingFields):
         if self.top_logprobs and not self.logprobs:
             raise ValueError("'top_logprobs' needs 'logprobs': true")
         return self
+
+    def tool_mode(self) -> ToolMode:
+        if not self.tools or self.tool_choice == "none":
+            return ToolMode.NONE
+        if isinstance(self.tool_choice, NamedToolChoice):
+            return ToolMode.NAMED
+        return ToolMode.REQUIRED if self.tool_choice == "required" else ToolMode.AUTO
 
     def requested_max_tokens(self) -> int | None:
         return self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
