@@ -59,7 +59,7 @@ def from_http_exception(exc: HTTPException) -> ApiError:
     mapping: dict[int, type[ApiError]] = {404: NotFound, 413: PayloadTooLarge, 415: UnsupportedMediaType}
     cls = mapping.get(exc.status_code)
     if cls is None:
-        err = ApiError(sanitize(str(exc.detail)), code=None)
+        err = ApiError(sanitize(str(exc.detail)))
         err.status_code = exc.status_code
         return err
     return cls("Not found." if exc.status_code == 404 else sanitize(str(exc.detail)))
