@@ -19,7 +19,6 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from server import __version__
-from server.edge.errors import NotReady, Overloaded
 from server.capacity.accelerators import AcceleratorProbe
 from server.capacity.metrics import NodeMetrics
 from server.capacity.perf import PerfWindow, RequestTiming, predict_ttft
@@ -34,6 +33,7 @@ from server.capacity.schema import (
     Prediction,
 )
 from server.config import NodeSettings, state_dir
+from server.edge.errors import NotReady, Overloaded
 from server.engine.base import Engine
 
 log = logging.getLogger("edgefleet.node")

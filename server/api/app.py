@@ -12,9 +12,9 @@ from fastapi.exceptions import RequestValidationError
 
 from server import __version__
 from server.api import chat, completions, node_routes
+from server.config import is_loopback
 from server.edge.render import install_handlers
 from server.edge.security import KeyStore, SecurityMiddleware
-from server.config import is_loopback
 from server.runtime import NodeRuntime
 
 log = logging.getLogger("edgefleet.node")

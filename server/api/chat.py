@@ -11,7 +11,6 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
 
 from server.api.deps import get_ready_runtime, require_json
-from server.edge.errors import ClientGone, InvalidRequest
 from server.api.generation import (
     Generation,
     check_model_and_n,
@@ -20,9 +19,10 @@ from server.api.generation import (
     start_stream,
     until_disconnect,
 )
-from server.edge.protocol import ChatCompletionRequest, ToolMode, Usage, clamp_logprob
 from server.api.sse import event, sse_response
 from server.api.toolstream import ToolCallGate
+from server.edge.errors import ClientGone, InvalidRequest
+from server.edge.protocol import ChatCompletionRequest, ToolMode, Usage, clamp_logprob
 from server.engine.base import Delta, PositionLogprobs, ToolCall
 from server.engine.toolcalls import new_call_id
 from server.runtime import NodeRuntime

@@ -10,7 +10,6 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
 
 from server.api.deps import get_ready_runtime, require_json
-from server.edge.errors import ClientGone, InvalidRequest
 from server.api.generation import (
     Generation,
     check_model_and_n,
@@ -19,8 +18,9 @@ from server.api.generation import (
     start_stream,
     until_disconnect,
 )
-from server.edge.protocol import CompletionRequest, Usage, clamp_logprob
 from server.api.sse import event, sse_response
+from server.edge.errors import ClientGone, InvalidRequest
+from server.edge.protocol import CompletionRequest, Usage, clamp_logprob
 from server.engine.base import Delta, PositionLogprobs
 from server.runtime import NodeRuntime
 

@@ -9,10 +9,10 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from server.api.deps import get_runtime
-from server.edge.errors import NotReady
-from server.edge.render import error_response
-from server.edge.protocol import ModelCard, ModelList
 from server.capacity.schema import Capacity
+from server.edge.errors import NotReady
+from server.edge.protocol import ModelCard, ModelList
+from server.edge.render import error_response
 from server.runtime import NodeRuntime
 
 router = APIRouter()

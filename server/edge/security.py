@@ -21,9 +21,9 @@ from urllib.parse import urlsplit
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from server.config import is_loopback
 from server.edge.errors import ApiError, AuthenticationError, HeadersTooLarge, PayloadTooLarge, PermissionDenied
 from server.edge.render import send_error
-from server.config import is_loopback
 
 EXEMPT_PATHS = frozenset({"/health", "/ready"})
 MAX_HEADERS = 128

@@ -8,7 +8,7 @@ the scheduler-side code and its tests stay free of pydantic and torch.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal, Protocol, runtime_checkable
 
 from server.sampling import SamplingOptions  # noqa: F401  (part of the engine's vocabulary)

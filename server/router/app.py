@@ -21,9 +21,9 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from server import __version__
+from server.config import is_loopback
 from server.edge.render import install_handlers
 from server.edge.security import SecurityMiddleware
-from server.config import is_loopback
 from server.router.config import RouterSettings
 from server.router.core import Router
 from server.router.mcp_tools import build_mcp

@@ -19,8 +19,8 @@ from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import Receive, Scope, Send
 
-from server.edge.errors import (ApiError, ClientGone, InternalError, InvalidRequest, RateLimited, UpstreamError, UpstreamTimeout,
-                                validation_error)
+from server.edge.errors import (ApiError, ClientGone, InternalError, InvalidRequest, RateLimited, UpstreamError,
+                                UpstreamTimeout, validation_error)
 from server.edge.media import require_json
 from server.edge.protocol import ChatCompletionRequest, CompletionRequest
 from server.edge.render import send_error, sse_error_event

@@ -44,21 +44,22 @@ class SampleResult:
 def _apply_penalties(logits: torch.Tensor, rows: list[SamplingRow]) -> None:
     vocab = logits.shape[1]
     for i, r in enumerate(rows):
-        if r.options.logit_bias:
-            ids = torch.tensor([t for t in r.options.logit_bias if 0 <= t < vocab], dtype=torch.long)
-            vals = torch.tensor([r.options.logit_bias[t] for t in r.options.logit_bias if 0 <= t < vocab])
+        o = r.options
+        if o.logit_bias:
+            ids = torch.tensor([t for t in o.logit_bias if 0 <= t < vocab], dtype=torch.long)
+            vals = torch.tensor([o.logit_bias[t] for t in o.logit_bias if 0 <= t < vocab])
             logits[i].index_add_(0, ids.to(logits.device), vals.to(logits.device, logits.dtype))
-        if r.options.repetition_penalty != 1.0:
+        if o.repetition_penalty != 1.0:
             seen = torch.tensor(sorted(set(r.prompt_ids or []) | set(r.output_ids or [])),
                                 dtype=torch.long, device=logits.device)
             if seen.numel():
                 vals = logits[i, seen]
-                logits[i, seen] = torch.where(vals > 0, vals / r.options.repetition_penalty,
-                                              vals * r.options.repetition_penalty)
-        if (r.options.presence_penalty or r.options.frequency_penalty) and r.output_ids:
+                logits[i, seen] = torch.where(vals > 0, vals / o.repetition_penalty,
+                                              vals * o.repetition_penalty)
+        if (o.presence_penalty or o.frequency_penalty) and r.output_ids:
             out = torch.tensor(r.output_ids, dtype=torch.long, device=logits.device)
             counts = torch.bincount(out, minlength=vocab)[:vocab].to(logits.dtype)
-            logits[i] -= r.options.frequency_penalty * counts + r.options.presence_penalty * (counts > 0).to(logits.dtype)
+            logits[i] -= o.frequency_penalty * counts + o.presence_penalty * (counts > 0).to(logits.dtype)
 
 
 def _filter(logits: torch.Tensor, rows: list[SamplingRow]) -> torch.Tensor:
