@@ -80,3 +80,22 @@ def test_router_imports_nothing_from_the_node_api_or_the_engines():
 
 def test_edge_imports_no_engine_and_no_runtime():
     assert offenders(files("edge"), ("server.engine", "server.runtime")) == []
+
+
+@pytest.mark.parametrize("module, absent", [
+    ("server.router.app", ("torch", "vllm", "server.engine", "server.api", "server.runtime")),
+    ("server.api.app", ("torch", "vllm", "server.router")),
+    ("server.runtime", ("torch", "vllm", "fastapi", "server.api", "server.router")),
+    ("server.edge.render", ("torch", "fastapi", "server.engine", "server.runtime", "server.api", "server.router")),
+])
+def test_importing_a_layer_loads_nothing_above_or_beside_it(module, absent):
+    """The transitive check: import in a fresh interpreter and look at sys.modules."""
+    import json
+    import subprocess
+    import sys
+
+    code = f"import json, sys, {module}; print(json.dumps(sorted(sys.modules)))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True,
+                         env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
+    loaded = json.loads(out.stdout.strip().splitlines()[-1])
+    assert [m for m in loaded if any(m == a or m.startswith(a + ".") for a in absent)] == []
