@@ -17,8 +17,9 @@ from typing import TypeVar
 
 from starlette.requests import Request
 
-from server.api.errors import (
+from server.edge.errors import (
     ApiError,
+    ClientGone,
     ContextLengthExceeded,
     EngineUnavailable,
     InternalError,
@@ -38,10 +39,6 @@ from server.runtime import NodeRuntime
 
 T = TypeVar("T")
 log = logging.getLogger("edgefleet.api")
-
-
-class ClientGone(Exception):
-    pass
 
 
 def new_id(prefix: str) -> str:

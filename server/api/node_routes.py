@@ -9,9 +9,10 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from server.api.deps import get_runtime
-from server.api.errors import NotReady
-from server.api.protocol import ModelCard, ModelList
 from server.capacity.schema import Capacity
+from server.edge.errors import NotReady
+from server.edge.protocol import ModelCard, ModelList
+from server.edge.render import error_response
 from server.runtime import NodeRuntime
 
 router = APIRouter()
@@ -41,10 +42,10 @@ async def health(runtime: Runtime) -> JSONResponse:
 
 
 @router.get("/ready")
-async def ready(runtime: Runtime) -> JSONResponse:
+async def ready(runtime: Runtime) -> Response:
     if not runtime.ready:
         err = NotReady(f"Node is {runtime.state}.", headers={"Retry-After": "5"})
-        return JSONResponse({**err.body(), "state": runtime.state}, status_code=503, headers=err.headers)
+        return error_response(err, extra={"state": runtime.state})
     return JSONResponse({"status": "ready", "state": runtime.state})
 
 

@@ -8,8 +8,10 @@ the scheduler-side code and its tests stay free of pydantic and torch.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal, Protocol, runtime_checkable
+
+from server.sampling import SamplingOptions  # noqa: F401  (part of the engine's vocabulary)
 
 FinishReason = Literal["stop", "length", "abort", "error"]
 
@@ -24,30 +26,6 @@ class ModelInfo:
     weight_bytes: int | None = None
     random_weights: bool = False  # the demo model: its text is noise
     note: str | None = None  # free-form, e.g. why a quantization was picked
-
-
-@dataclass(slots=True)
-class SamplingOptions:
-    """Engine-neutral sampling parameters, already validated by the API layer."""
-
-    max_tokens: int
-    temperature: float = 1.0
-    top_p: float = 1.0
-    top_k: int = 0  # 0: disabled
-    min_p: float = 0.0
-    presence_penalty: float = 0.0
-    frequency_penalty: float = 0.0
-    repetition_penalty: float = 1.0
-    seed: int | None = None
-    stop: list[str] = field(default_factory=list)
-    stop_token_ids: list[int] = field(default_factory=list)
-    include_stop_str_in_output: bool = False
-    ignore_eos: bool = False
-    logprobs: int | None = None  # None: off; k >= 0: sampled token plus k alternatives
-    logit_bias: dict[int, float] | None = None
-    # Structured output: at most one of these is set.
-    json_schema: dict[str, Any] | None = None
-    json_object: bool = False
 
 
 @dataclass(slots=True)

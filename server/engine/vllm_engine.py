@@ -244,7 +244,7 @@ def _finish(reason: str | None) -> Any:
 
 
 def _first_line(exc: BaseException) -> str:
-    from server.api.errors import sanitize
+    from server.edge.errors import sanitize
 
     return sanitize(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
 

@@ -24,7 +24,7 @@ def opt(*names: str, **kw: Any):
 def _hash_key(ctx: click.Context, _p: click.Parameter, value: bool) -> None:
     if not value or ctx.resilient_parsing:
         return
-    from server.api.security import hash_key
+    from server.edge.security import hash_key
 
     key = sys.stdin.readline().strip()
     if not key:
@@ -98,7 +98,7 @@ def route(**kw: Any) -> None:
 
 
 def build_settings(kw: dict[str, Any]):
-    from server.api.security import ApiKey, KeyStore, hash_key
+    from server.edge.security import ApiKey, KeyStore, hash_key
     from server.config import read_key_file
     from server.router.config import RouterSettings, keys_from_fleet, load_fleet
     from server.router.registry import NodeSpec

@@ -31,7 +31,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from server.api.security import ApiKey, KeyStore, hash_key
+from server.edge.security import ApiKey, KeyStore, hash_key
 from server.router.limits import KeyLimits
 from server.router.registry import NodeSpec, normalize_url
 

@@ -14,37 +14,19 @@ import secrets
 import time
 from dataclasses import dataclass
 
-from server.api.errors import ApiError, ModelNotFound, NotFound
+from server.edge.errors import ModelNotFound, NoHealthyNode, NotFound, Overloaded, UpstreamTimeout
 from server.router.audit import AuditLog
 from server.router.config import RouterSettings
 from server.router.limits import RateLimiter
 from server.router.metrics import RouterMetrics
 from server.router.policy import Estimate, estimate, make_policy
 from server.router.poller import Poller
-from server.router.registry import Node, NodeSpec, Registry
+from server.router.registry import FailureOutcome, Node, NodeSpec, Registry
 from server.router.upstream import ConnectTimeout, Response, UpstreamIOError, UpstreamPool
 
 log = logging.getLogger("edgefleet.router")
 
 RETRY_STATUSES = frozenset({429, 503})
-
-
-class NoHealthyNode(ApiError):
-    status_code = 503
-    type = "server_error"
-    code = "no_healthy_node"
-
-
-class UpstreamError(ApiError):
-    status_code = 502
-    type = "server_error"
-    code = "upstream_error"
-
-
-class UpstreamTimeout(ApiError):
-    status_code = 504
-    type = "server_error"
-    code = "upstream_timeout"
 
 
 @dataclass(slots=True)
@@ -173,15 +155,15 @@ class Router:
                     node.url, path, body, headers, connect_timeout=min(s.connect_timeout, remaining),
                     head_timeout=min(s.first_byte_timeout, remaining) if stream else s.read_timeout)
             except ConnectTimeout:
-                self._failed(node, attempts, "connect_timeout", trip=False)
+                self._failed(node, attempts, "connect_timeout")
                 continue
             except TimeoutError:
-                self._failed(node, attempts, "timeout", trip=False)
+                self._failed(node, attempts, "timeout")
                 if not stream:
                     raise UpstreamTimeout("The node did not answer in time.") from None
                 continue
             except UpstreamIOError:
-                self._failed(node, attempts, "connect_error", trip=True)
+                self._failed(node, attempts, "connect_error")
                 continue
             except BaseException:
                 node.on_done()  # cancelled (client gone): release before propagating
@@ -197,21 +179,13 @@ class Router:
             attempts.append(Attempt(node.name, "ok"))
             return node, resp
         if busy:
-            from server.api.errors import Overloaded
-
             raise Overloaded("Every node that serves this model is busy; retry later.",
                              headers={"Retry-After": _retry_after(retry_after)})
         raise self.no_healthy("No node could be reached for this request.")
 
-    def _failed(self, node: Node, attempts: list[Attempt], outcome: str, trip: bool) -> None:
-        now = time.monotonic()
+    def _failed(self, node: Node, attempts: list[Attempt], outcome: FailureOutcome) -> None:
         node.on_done()
-        node.failures += 1
-        node.last_error = outcome
-        if trip:
-            node.breaker.trip(now)
-        else:
-            node.breaker.record_failure(now)
+        node.record_failure(outcome)
         attempts.append(Attempt(node.name, outcome))
         self.metrics.failovers.inc()
         log.warning("node %s failed before the first byte (%s); trying the next", node.name, outcome)

@@ -14,7 +14,7 @@ from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
 
 from server import __version__
-from server.api.errors import ApiError
+from server.edge.errors import ApiError
 
 INSTRUCTIONS = (
     "edgefleet routes OpenAI-compatible requests across a fleet of inference nodes. "

@@ -18,6 +18,13 @@ from server.router.breaker import CircuitBreaker
 Source = Literal["static", "mdns"]
 RTT_WINDOW = 10
 
+# How a request to a node failed. The proxy's one rule (docs/router.md, "Failures"): a hard
+# failure (refused or reset connection, a stream cut mid-way) trips the breaker at once;
+# a timeout (at connect, before the first byte, or between chunks) counts one failure
+# toward ``failure_threshold``, since a slow node may only be busy.
+FailureOutcome = Literal["connect_error", "connect_timeout", "timeout", "upstream_disconnected", "upstream_timeout"]
+TIMEOUT_OUTCOMES: frozenset[str] = frozenset({"connect_timeout", "timeout", "upstream_timeout"})
+
 
 @dataclass(slots=True)
 class NodeSpec:
@@ -96,6 +103,17 @@ class Node:
     def on_done(self) -> None:
         self.inflight = max(0, self.inflight - 1)
         self.completed_since_poll += 1
+
+    def record_failure(self, outcome: FailureOutcome, now: float | None = None) -> None:
+        """The one place a failed request is booked against this node: the failure count,
+        ``last_error``, and the breaker (a timeout counts, a hard failure trips)."""
+        now = time.monotonic() if now is None else now
+        self.failures += 1
+        self.last_error = outcome
+        if outcome in TIMEOUT_OUTCOMES:
+            self.breaker.record_failure(now)
+        else:
+            self.breaker.trip(now)
 
     def on_poll(self, capacity: Capacity, rtt_ms: float, now: float) -> None:
         self.capacity = capacity

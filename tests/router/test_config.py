@@ -2,7 +2,7 @@
 
 import pytest
 
-from server.api.security import hash_key
+from server.edge.security import hash_key
 from server.router.config import keys_from_fleet, load_fleet
 from server.router.registry import normalize_url
 

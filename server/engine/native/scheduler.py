@@ -37,13 +37,6 @@ class ScheduledBatch:
     num_new_tokens: list[int] = field(default_factory=list)
     preempted: list[Sequence] = field(default_factory=list)
 
-    @property
-    def total_tokens(self) -> int:
-        return sum(self.num_new_tokens)
-
-    def __len__(self) -> int:
-        return len(self.seqs)
-
 
 class Scheduler:
     def __init__(self, config: SchedulerConfig, block_manager: BlockManager):
@@ -109,7 +102,6 @@ class Scheduler:
         self.running.remove(seq)
         self.bm.free_seq(seq)
         seq.num_computed_tokens = 0
-        seq.num_preemptions += 1
         self.num_preemptions += 1
         seq.status = SequenceStatus.WAITING
         self.waiting.appendleft(seq)
@@ -145,7 +137,7 @@ class Scheduler:
             out.append(seq.num_computed_tokens == seq.num_tokens)
         return out
 
-    def finish(self, seq: Sequence, reason: str) -> None:
+    def finish(self, seq: Sequence) -> None:
         """Remove seq wherever it is and free its KV (idempotent)."""
         if seq.status is SequenceStatus.FINISHED:
             return
@@ -155,4 +147,3 @@ class Scheduler:
             self.waiting.remove(seq)
         self.bm.free_seq(seq)
         seq.status = SequenceStatus.FINISHED
-        seq.finish_reason = reason
