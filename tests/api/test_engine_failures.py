@@ -6,8 +6,12 @@ from __future__ import annotations
 import asyncio
 import json
 
+import httpx
 import pytest
 
+from server.api.app import build_app
+from server.config import NodeSettings
+from server.runtime import NodeRuntime
 from tests.fakes import ScriptedEngine
 
 
