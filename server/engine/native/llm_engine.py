@@ -14,6 +14,7 @@ import torch
 
 from ..base import (Delta, GenerateRequest, InvalidRequestForEngine, PositionLogprobs,
                     TokenLogprob)
+from ..kv_events import KvEventLog
 from .block_manager import BlockManager
 from .detok import IncrementalDetokenizer
 from .model_runner import ModelRunner
@@ -48,7 +49,9 @@ class LLMEngine:
         self.tokenizer = tokenizer
         self.config = config
         self.eos_token_ids = eos_token_ids
-        self.block_manager = BlockManager(config.num_blocks, config.block_size, config.enable_prefix_caching)
+        self.kv_events = KvEventLog() if config.enable_prefix_caching else None
+        self.block_manager = BlockManager(config.num_blocks, config.block_size, config.enable_prefix_caching,
+                                          self.kv_events)
         sched_cfg = SchedulerConfig(config.max_num_seqs, config.max_num_batched_tokens,
                                     config.max_model_len, config.enable_chunked_prefill)
         self.scheduler = Scheduler(sched_cfg, self.block_manager)
@@ -83,7 +86,8 @@ class LLMEngine:
         if s.seed is not None and s.temperature > 0:
             gen = torch.Generator(device=self.runner.device)
             gen.manual_seed(s.seed)
-        seq = Sequence(req.request_id, req.prompt_token_ids, s.max_tokens, s, req.arrival_time)
+        seq = Sequence(req.request_id, req.prompt_token_ids, s.max_tokens, s, req.arrival_time,
+                       priority=req.priority)
         row = SamplingRow(s.temperature, s.top_p, s.top_k, s.min_p, s.presence_penalty,
                           s.frequency_penalty, s.repetition_penalty, s.logit_bias, s.logprobs, gen,
                           seq.token_ids[:seq.num_prompt_tokens] if s.repetition_penalty != 1.0 else None, [])

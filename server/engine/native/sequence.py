@@ -24,6 +24,8 @@ class Sequence:
     max_tokens: int
     sampling: Any = None  # SamplingOptions; opaque to the scheduler
     arrival_time: float = 0.0
+    priority: int = 0  # lower runs first (vLLM's convention)
+    order: int = -1  # arrival order, set by the scheduler on add; kept across preemption
     num_prompt_tokens: int = 0
     status: SequenceStatus = SequenceStatus.WAITING
     num_computed_tokens: int = 0
