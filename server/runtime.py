@@ -23,6 +23,7 @@ from server.capacity.accelerators import AcceleratorProbe
 from server.capacity.metrics import NodeMetrics
 from server.capacity.perf import PerfWindow, RequestTiming, predict_ttft
 from server.capacity.schema import (
+    CacheInfo,
     Capacity,
     EngineLoad,
     Identity,
@@ -30,6 +31,7 @@ from server.capacity.schema import (
     NodeState,
     Performance,
     Prediction,
+    PriorityQueue,
 )
 from server.config import NodeSettings, state_dir
 from server.engine.base import Engine
@@ -130,7 +132,7 @@ class NodeRuntime:
     def _in_flight_sequences(self) -> int:
         return sum(len(a.engine_ids) for a in self.active.values())
 
-    def admit(self, prompt_tokens: int, n: int = 1) -> None:
+    def admit(self, prompt_tokens: int, n: int = 1, priority: int = 0) -> None:
         if self.state != "ready":
             raise NotReady(f"Node is {self.state}; not accepting requests.", headers={"Retry-After": "5"})
         if not self.engine.is_healthy():
@@ -141,7 +143,7 @@ class NodeRuntime:
             raise Overloaded(f"Queue is full ({self.settings.max_queued_requests} waiting); retry later.",
                              headers={"Retry-After": str(self._retry_after())})
         if self.settings.max_queue_wait is not None and queued > 0:
-            pred = self.predict(prompt_tokens)
+            pred = self.predict(prompt_tokens, priority)
             if pred.queue_wait_s > self.settings.max_queue_wait:
                 self._reject("queue_wait")
                 raise Overloaded(f"Predicted queue wait {pred.queue_wait_s:.1f} s exceeds "
@@ -156,10 +158,15 @@ class NodeRuntime:
         mean = self.perf.summary().get("mean_e2e_s") or 1.0
         return max(1, math.ceil(float(mean)))
 
-    def predict(self, prompt_tokens: int):
+    def predict(self, prompt_tokens: int, priority: int = 0):
+        """Predicted TTFT for a request of ``priority``: only waiting work that runs no later than
+        it (priority <= its own) counts as ahead of it."""
         stats = self.engine.stats()
-        return predict_ttft(prompt_tokens=prompt_tokens, waiting_prompt_tokens=stats.waiting_prompt_tokens,
-                            in_flight=self._in_flight_sequences(), max_num_seqs=self.settings.max_num_seqs,
+        waiting_ahead, tokens_ahead = stats.waiting_at_or_before(priority)
+        behind = max(0, stats.num_waiting - waiting_ahead)
+        in_flight = max(0, self._in_flight_sequences() - behind)
+        return predict_ttft(prompt_tokens=prompt_tokens, waiting_prompt_tokens=tokens_ahead,
+                            in_flight=in_flight, max_num_seqs=self.settings.max_num_seqs,
                             summary=self.perf.summary())
 
     # --- accounting -----------------------------------------------------------------
@@ -200,7 +207,8 @@ class NodeRuntime:
             self.metrics.success.labels(self.metrics.model_name, finish_reason).inc()
 
     # --- the capacity document ------------------------------------------------------
-    def capacity(self, prompt_tokens: int | None = None, max_tokens: int | None = None) -> Capacity:
+    def capacity(self, prompt_tokens: int | None = None, max_tokens: int | None = None,
+                 priority: int = 0) -> Capacity:
         s = self.settings
         stats = self.engine.stats()
         models = []
@@ -216,7 +224,9 @@ class NodeRuntime:
                           waiting_prompt_tokens=stats.waiting_prompt_tokens,
                           kv_cache_usage=stats.kv_cache_usage, kv_free_tokens=stats.kv_free_tokens,
                           kv_total_tokens=stats.kv_total_tokens,
-                          max_concurrent_sequences=stats.max_num_seqs or s.max_num_seqs)
+                          max_concurrent_sequences=stats.max_num_seqs or s.max_num_seqs,
+                          queue_by_priority=[PriorityQueue(priority=p, waiting=n, waiting_prompt_tokens=t)
+                                             for p, (n, t) in sorted(stats.waiting_by_priority.items())])
         cap = Capacity(
             timestamp=time.time(),
             identity=Identity(node_id=self.node_id, name=self.name, zone=s.zone, labels=dict(s.labels),
@@ -228,8 +238,11 @@ class NodeRuntime:
             admission={"in_flight": in_flight, "queued": self.queued(),
                        "max_queued_requests": s.max_queued_requests, "max_queue_wait_s": s.max_queue_wait},
         )
+        if stats.block_size:
+            cap.cache = CacheInfo(block_size=stats.block_size, prefix_caching=stats.prefix_caching,
+                                  kv_events=getattr(self.engine, "kv_events", None) is not None)
         if prompt_tokens is not None:
-            pred = self.predict(prompt_tokens)
+            pred = self.predict(prompt_tokens, priority)
             mt = max_tokens or 0
             reason, admit = "ok", True
             if self.state != "ready":

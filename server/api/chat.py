@@ -18,6 +18,7 @@ from server.api.generation import (
     check_model_and_n,
     new_id,
     resolve_max_tokens,
+    resolve_priority,
     start_stream,
     until_disconnect,
 )
@@ -112,6 +113,7 @@ def _logprobs_json(items: list[PositionLogprobs] | None) -> list[dict[str, Any]]
 async def create_chat_completion(body: ChatCompletionRequest, request: Request,
                                  runtime: Annotated[NodeRuntime, Depends(get_ready_runtime)]) -> Response:
     check_model_and_n(runtime, body.model, body.n)
+    priority = resolve_priority(request, body.priority)
     mode = tool_mode(body)
     prompt = _render(runtime, body, mode)
     max_tokens = resolve_max_tokens(runtime, len(prompt), body.requested_max_tokens())
@@ -119,7 +121,7 @@ async def create_chat_completion(body: ChatCompletionRequest, request: Request,
     if (schema := _forced_schema(body, mode)) is not None:  # a forced tool call wins over response_format
         sampling.json_schema, sampling.json_object = schema, False
     rid = new_id("chatcmpl")
-    gen = Generation(runtime, rid, prompt, sampling, body.n)
+    gen = Generation(runtime, rid, prompt, sampling, body.n, priority)
     headers = {"X-Request-Id": rid}
     if body.stream:
         return await _stream(gen, body, mode, request, headers)
@@ -135,11 +137,9 @@ async def _collect(gen: Generation, req: ChatCompletionRequest, mode: str, runti
     logprobs: list[list[dict[str, Any]]] = [[] for _ in range(gen.n)]
     finish: list[str | None] = [None] * gen.n
     counts = [0] * gen.n
-    cached = 0
     async for i, d in gen.stream():
         texts[i] += d.text
         counts[i] += len(d.token_ids)
-        cached = max(cached, d.cached_tokens)
         if d.logprobs:
             logprobs[i].extend(_logprobs_json(d.logprobs) or [])
         if d.finish_reason:
@@ -165,7 +165,7 @@ async def _collect(gen: Generation, req: ChatCompletionRequest, mode: str, runti
             "choices": choices,
             "usage": {"prompt_tokens": len(gen.prompt_ids), "completion_tokens": completion,
                       "total_tokens": len(gen.prompt_ids) + completion,
-                      "prompt_tokens_details": {"cached_tokens": cached}}}
+                      "prompt_tokens_details": {"cached_tokens": gen.cached_tokens}}}
 
 
 async def _stream(gen: Generation, req: ChatCompletionRequest, mode: str, request: Request,
@@ -227,4 +227,5 @@ async def _events(gen: Generation, req: ChatCompletionRequest, mode: str, base: 
     if req.include_usage():
         n_prompt = len(gen.prompt_ids)
         yield event({**base, "choices": [], "usage": {"prompt_tokens": n_prompt, "completion_tokens": completion,
-                                                      "total_tokens": n_prompt + completion}})
+                                                      "total_tokens": n_prompt + completion,
+                                                      "prompt_tokens_details": {"cached_tokens": gen.cached_tokens}}})

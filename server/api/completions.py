@@ -17,6 +17,7 @@ from server.api.generation import (
     check_model_and_n,
     new_id,
     resolve_max_tokens,
+    resolve_priority,
     start_stream,
     until_disconnect,
 )
@@ -67,13 +68,14 @@ class _Logprobs:
 async def create_completion(body: CompletionRequest, request: Request,
                             runtime: Annotated[NodeRuntime, Depends(get_ready_runtime)]) -> Response:
     check_model_and_n(runtime, body.model, body.n)
+    priority = resolve_priority(request, body.priority)
     prompt, prompt_text = _prompt_ids(runtime, body)
     if not prompt:
         raise InvalidRequest("prompt must not be empty.", param="prompt")
     max_tokens = resolve_max_tokens(runtime, len(prompt), body.max_tokens)
     sampling = body.to_sampling(max_tokens)
     rid = new_id("cmpl")
-    gen = Generation(runtime, rid, prompt, sampling, body.n)
+    gen = Generation(runtime, rid, prompt, sampling, body.n, priority)
     echo = (prompt_text or "") if body.echo else ""
     headers = {"X-Request-Id": rid}
     if body.stream:
@@ -105,7 +107,8 @@ async def _collect(gen: Generation, req: CompletionRequest, echo: str) -> dict[s
     return {"id": gen.request_id, "object": "text_completion", "created": int(time.time()), "model": req.model,
             "choices": choices,
             "usage": {"prompt_tokens": n_prompt, "completion_tokens": completion,
-                      "total_tokens": n_prompt + completion}}
+                      "total_tokens": n_prompt + completion,
+                      "prompt_tokens_details": {"cached_tokens": gen.cached_tokens}}}
 
 
 async def _events(gen: Generation, req: CompletionRequest, stream: AsyncIterator[tuple[int, Delta]],
@@ -130,4 +133,5 @@ async def _events(gen: Generation, req: CompletionRequest, stream: AsyncIterator
     if req.include_usage():
         n_prompt = len(gen.prompt_ids)
         yield event({**base, "choices": [], "usage": {"prompt_tokens": n_prompt, "completion_tokens": completion,
-                                                      "total_tokens": n_prompt + completion}})
+                                                      "total_tokens": n_prompt + completion,
+                                                      "prompt_tokens_details": {"cached_tokens": gen.cached_tokens}}})
