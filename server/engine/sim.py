@@ -138,6 +138,7 @@ class _Seq:
     not_before: float = 0.0  # loop time before which it may not be admitted (network delay)
     order: int = 0  # arrival order, the tie-break within a priority class
     cached_tokens: int = 0
+    hashes: list[int] | None = None  # prompt block hashes, computed once on first admission try
 
     @property
     def key(self) -> tuple[int, int]:
@@ -281,7 +282,10 @@ class SimEngine:
             if not arrived:
                 break
             seq = min(arrived, key=lambda s: s.key)
-            res = self.kv.try_reserve(seq.request.prompt_token_ids, seq.prompt_tokens + seq.max_tokens)
+            if seq.hashes is None:
+                seq.hashes = self.kv.prompt_hashes(seq.request.prompt_token_ids)
+            res = self.kv.try_reserve(seq.request.prompt_token_ids, seq.prompt_tokens + seq.max_tokens,
+                                      seq.hashes)
             if res is None:
                 break
             st.waiting.remove(seq)

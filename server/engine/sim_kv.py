@@ -71,10 +71,16 @@ class SimKvPool:
         return n * self.block_size
 
     # --- admission and release -------------------------------------------------------
-    def try_reserve(self, prompt: list[int], total_tokens: int) -> Reservation | None:
-        """Reserve room for a request of ``total_tokens`` (prompt + max_tokens), or None if full."""
+    def prompt_hashes(self, prompt: list[int]) -> list[int]:
+        """The chained hashes of the prompt's full blocks (empty with caching off)."""
+        return block_hashes(prompt, self.block_size) if self.prefix_caching else []
+
+    def try_reserve(self, prompt: list[int], total_tokens: int, hashes: list[int] | None = None) -> Reservation | None:
+        """Reserve room for a request of ``total_tokens`` (prompt + max_tokens), or None if full.
+
+        ``hashes``: :meth:`prompt_hashes` of the prompt, if the caller kept them."""
         bs = self.block_size
-        hashes = block_hashes(prompt, bs) if self.prefix_caching else []
+        hashes = self.prompt_hashes(prompt) if hashes is None else hashes
         hits = 0
         max_hits = (len(prompt) - 1) // bs
         while hits < min(len(hashes), max_hits) and hashes[hits] in self._refs:

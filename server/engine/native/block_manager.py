@@ -63,16 +63,16 @@ class BlockManager:
         if not self.enable_prefix_caching:
             return []
         hits: list[int] = []
-        parent = None
         bs = self.block_size
-        for start in range(0, seq.num_tokens - 1 - bs + 1, bs):
+        memo = seq.prefix_hashes  # tokens are only ever appended, so the chain stays valid
+        for i, start in enumerate(range(0, seq.num_tokens - 1 - bs + 1, bs)):
             tokens = tuple(seq.token_ids[start:start + bs])
-            h = chain_hash(parent, tokens)
-            block_id = self.hash_to_block.get(h)
+            if i == len(memo):
+                memo.append(chain_hash(memo[-1] if memo else None, tokens))
+            block_id = self.hash_to_block.get(memo[i])
             if block_id is None or self.blocks[block_id].token_ids != tokens:
                 break
             hits.append(block_id)
-            parent = h
         return hits
 
     def can_allocate(self, seq: Sequence, hits: list[int], num_tokens: int) -> bool:

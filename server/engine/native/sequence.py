@@ -31,6 +31,7 @@ class Sequence:
     num_computed_tokens: int = 0
     num_cached_tokens: int = 0  # prompt tokens served from the prefix cache on first schedule
     block_table: list[int] = field(default_factory=list)
+    prefix_hashes: list[int] = field(default_factory=list)  # memo of full-block hashes for lookups
     num_preemptions: int = 0
     finish_reason: str | None = None
 
