@@ -24,6 +24,7 @@ from server.capacity.metrics import NodeMetrics
 from server.capacity.perf import PerfWindow, RequestTiming, predict_ttft
 from server.capacity.perf import Prediction as TtftPrediction
 from server.capacity.schema import (
+    CacheInfo,
     Capacity,
     EngineLoad,
     Identity,
@@ -31,6 +32,7 @@ from server.capacity.schema import (
     NodeState,
     Performance,
     Prediction,
+    PriorityQueue,
 )
 from server.config import NodeSettings, state_dir
 from server.edge.errors import NotReady, Overloaded
@@ -141,10 +143,12 @@ class NodeRuntime:
     def _in_flight_sequences(self) -> int:
         return sum(len(a.engine_ids) for a in self.active.values())
 
-    def refusal(self, prompt_tokens: int, n: int = 1, prediction: TtftPrediction | None = None) -> Refusal | None:
+    def refusal(self, prompt_tokens: int, n: int = 1, prediction: TtftPrediction | None = None,
+                priority: int = 0) -> Refusal | None:
         """The one admission rule, used by :meth:`admit` and by the capacity report's
         ``would_admit``: None if ``n`` more sequences of ``prompt_tokens`` would be admitted
-        now. The predicted queue wait is checked only when the request would queue."""
+        now. The predicted queue wait (for a request of ``priority``) is checked only when the
+        request would queue."""
         s = self.settings
         if self.state != "ready":
             return Refusal("not_ready", f"node is {self.state}")
@@ -154,13 +158,13 @@ class NodeRuntime:
         if queued > s.max_queued_requests:
             return Refusal("queue_full", "queue full")
         if s.max_queue_wait is not None and queued > 0:
-            wait = (prediction or self.predict(prompt_tokens)).queue_wait_s
+            wait = (prediction or self.predict(prompt_tokens, priority)).queue_wait_s
             if wait > s.max_queue_wait:
                 return Refusal("queue_wait", "predicted queue wait over max_queue_wait", wait)
         return None
 
-    def admit(self, prompt_tokens: int, n: int = 1) -> None:
-        refused = self.refusal(prompt_tokens, n)
+    def admit(self, prompt_tokens: int, n: int = 1, priority: int = 0) -> None:
+        refused = self.refusal(prompt_tokens, n, priority=priority)
         if refused is None:
             return
         if refused.code == "not_ready":
@@ -183,10 +187,15 @@ class NodeRuntime:
         mean = self.perf.summary().get("mean_e2e_s") or 1.0
         return max(1, math.ceil(float(mean)))
 
-    def predict(self, prompt_tokens: int) -> TtftPrediction:
+    def predict(self, prompt_tokens: int, priority: int = 0) -> TtftPrediction:
+        """Predicted TTFT for a request of ``priority``: only waiting work that runs no later than
+        it (priority <= its own) counts as ahead of it."""
         stats = self.engine.stats()
-        return predict_ttft(prompt_tokens=prompt_tokens, waiting_prompt_tokens=stats.waiting_prompt_tokens,
-                            in_flight=self._in_flight_sequences(), max_num_seqs=self.settings.max_num_seqs,
+        waiting_ahead, tokens_ahead = stats.waiting_at_or_before(priority)
+        behind = max(0, stats.num_waiting - waiting_ahead)
+        in_flight = max(0, self._in_flight_sequences() - behind)
+        return predict_ttft(prompt_tokens=prompt_tokens, waiting_prompt_tokens=tokens_ahead,
+                            in_flight=in_flight, max_num_seqs=self.settings.max_num_seqs,
                             summary=self.perf.summary())
 
     # --- accounting -----------------------------------------------------------------
@@ -227,7 +236,8 @@ class NodeRuntime:
             self.metrics.success.labels(self.metrics.model_name, finish_reason).inc()
 
     # --- the capacity document ------------------------------------------------------
-    def capacity(self, prompt_tokens: int | None = None, max_tokens: int | None = None) -> Capacity:
+    def capacity(self, prompt_tokens: int | None = None, max_tokens: int | None = None,
+                 priority: int = 0) -> Capacity:
         s = self.settings
         stats = self.engine.stats()
         models = []
@@ -243,7 +253,9 @@ class NodeRuntime:
                           waiting_prompt_tokens=stats.waiting_prompt_tokens,
                           kv_cache_usage=stats.kv_cache_usage, kv_free_tokens=stats.kv_free_tokens,
                           kv_total_tokens=stats.kv_total_tokens,
-                          max_concurrent_sequences=stats.max_num_seqs or s.max_num_seqs)
+                          max_concurrent_sequences=stats.max_num_seqs or s.max_num_seqs,
+                          queue_by_priority=[PriorityQueue(priority=p, waiting=n, waiting_prompt_tokens=t)
+                                             for p, (n, t) in sorted(stats.waiting_by_priority.items())])
         cap = Capacity(
             timestamp=time.time(),
             identity=Identity(node_id=self.node_id, name=self.name, zone=s.zone, labels=dict(s.labels),
@@ -255,10 +267,13 @@ class NodeRuntime:
             admission={"in_flight": in_flight, "queued": self.queued(),
                        "max_queued_requests": s.max_queued_requests, "max_queue_wait_s": s.max_queue_wait},
         )
+        if stats.block_size:
+            cap.cache = CacheInfo(block_size=stats.block_size, prefix_caching=stats.prefix_caching,
+                                  kv_events=getattr(self.engine, "kv_events", None) is not None)
         if prompt_tokens is not None:
-            pred = self.predict(prompt_tokens)
+            pred = self.predict(prompt_tokens, priority)
             mt = max_tokens or 0
-            refused = self.refusal(prompt_tokens, 1, pred)
+            refused = self.refusal(prompt_tokens, 1, pred, priority)
             reason, admit = "ok", True
             if refused is not None and refused.code == "not_ready":
                 reason, admit = refused.reason, False

@@ -52,7 +52,7 @@ async def test_n_sequences_count_against_the_queue(runtime):
 
 async def test_queue_wait_is_checked_only_for_a_request_that_would_queue(runtime, monkeypatch):
     runtime.settings = runtime.settings.model_copy(update={"max_queue_wait": 1.0})
-    monkeypatch.setattr(runtime, "predict", lambda _p: Prediction(0.5, 5.0, "test"))
+    monkeypatch.setattr(runtime, "predict", lambda _p, _priority=0: Prediction(0.5, 5.0, "test"))
     assert runtime.refusal(10) is None  # free slot: it would run now, whatever the prediction
     assert would_admit(runtime) is True
     fill(runtime, 2)

@@ -16,6 +16,7 @@ from server.api.generation import (
     check_model_and_n,
     new_id,
     resolve_max_tokens,
+    resolve_priority,
     start_stream,
     until_disconnect,
 )
@@ -102,6 +103,7 @@ def _logprobs_json(items: list[PositionLogprobs] | None) -> list[dict[str, Any]]
 async def create_chat_completion(body: ChatCompletionRequest, request: Request,
                                  runtime: Annotated[NodeRuntime, Depends(get_ready_runtime)]) -> Response:
     check_model_and_n(runtime, body.model, body.n)
+    priority = resolve_priority(request, body.priority)
     mode = body.tool_mode()
     prompt = _render(runtime, body, mode)
     max_tokens = resolve_max_tokens(runtime, len(prompt), body.requested_max_tokens())
@@ -109,7 +111,7 @@ async def create_chat_completion(body: ChatCompletionRequest, request: Request,
     if (schema := _forced_schema(body, mode)) is not None:  # a forced tool call wins over response_format
         sampling.json_schema, sampling.json_object = schema, False
     rid = new_id("chatcmpl")
-    gen = Generation(runtime, rid, prompt, sampling, body.n)
+    gen = Generation(runtime, rid, prompt, sampling, body.n, priority)
     headers = {"X-Request-Id": rid}
     if body.stream:
         return await _stream(gen, body, mode, request, headers)
@@ -125,11 +127,9 @@ async def _collect(gen: Generation, req: ChatCompletionRequest, mode: ToolMode, 
     logprobs: list[list[dict[str, Any]]] = [[] for _ in range(gen.n)]
     finish: list[str | None] = [None] * gen.n
     counts = [0] * gen.n
-    cached = 0
     async for i, d in gen.stream():
         texts[i] += d.text
         counts[i] += len(d.token_ids)
-        cached = max(cached, d.cached_tokens)
         if d.logprobs:
             logprobs[i].extend(_logprobs_json(d.logprobs) or [])
         if d.finish_reason:
@@ -153,7 +153,7 @@ async def _collect(gen: Generation, req: ChatCompletionRequest, mode: ToolMode, 
     completion = sum(counts)
     return {"id": gen.request_id, "object": "chat.completion", "created": int(time.time()), "model": req.model,
             "choices": choices,
-            "usage": Usage.of(len(gen.prompt_ids), completion, cached).wire()}
+            "usage": Usage.of(len(gen.prompt_ids), completion, gen.cached_tokens).wire()}
 
 
 async def _stream(gen: Generation, req: ChatCompletionRequest, mode: ToolMode, request: Request,
@@ -213,4 +213,5 @@ async def _events(gen: Generation, req: ChatCompletionRequest, mode: ToolMode, b
             choice["logprobs"] = {"content": _logprobs_json(d.logprobs)}
         yield event({**base, "choices": [choice]})
     if req.include_usage():
-        yield event({**base, "choices": [], "usage": Usage.of(len(gen.prompt_ids), completion).wire()})
+        yield event({**base, "choices": [], "usage": Usage.of(len(gen.prompt_ids), completion,
+                                                              gen.cached_tokens).wire()})

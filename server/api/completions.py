@@ -15,6 +15,7 @@ from server.api.generation import (
     check_model_and_n,
     new_id,
     resolve_max_tokens,
+    resolve_priority,
     start_stream,
     until_disconnect,
 )
@@ -66,13 +67,14 @@ class _Logprobs:
 async def create_completion(body: CompletionRequest, request: Request,
                             runtime: Annotated[NodeRuntime, Depends(get_ready_runtime)]) -> Response:
     check_model_and_n(runtime, body.model, body.n)
+    priority = resolve_priority(request, body.priority)
     prompt, prompt_text = _prompt_ids(runtime, body)
     if not prompt:
         raise InvalidRequest("prompt must not be empty.", param="prompt")
     max_tokens = resolve_max_tokens(runtime, len(prompt), body.max_tokens)
     sampling = body.to_sampling(max_tokens)
     rid = new_id("cmpl")
-    gen = Generation(runtime, rid, prompt, sampling, body.n)
+    gen = Generation(runtime, rid, prompt, sampling, body.n, priority)
     echo = (prompt_text or "") if body.echo else ""
     headers = {"X-Request-Id": rid}
     if body.stream:
@@ -103,7 +105,7 @@ async def _collect(gen: Generation, req: CompletionRequest, echo: str) -> dict[s
     n_prompt = len(gen.prompt_ids)
     return {"id": gen.request_id, "object": "text_completion", "created": int(time.time()), "model": req.model,
             "choices": choices,
-            "usage": Usage.of(n_prompt, completion).wire()}
+            "usage": Usage.of(n_prompt, completion, gen.cached_tokens).wire()}
 
 
 async def _events(gen: Generation, req: CompletionRequest, stream: AsyncIterator[tuple[int, Delta]],
@@ -126,4 +128,5 @@ async def _events(gen: Generation, req: CompletionRequest, stream: AsyncIterator
         offsets[i] += len(d.text)
         yield event({**base, "choices": [choice]})
     if req.include_usage():
-        yield event({**base, "choices": [], "usage": Usage.of(len(gen.prompt_ids), completion).wire()})
+        yield event({**base, "choices": [], "usage": Usage.of(len(gen.prompt_ids), completion,
+                                                              gen.cached_tokens).wire()})

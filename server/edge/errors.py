@@ -61,6 +61,13 @@ class NotFound(ApiError):
     code = "not_found"
 
 
+class EventsGoneError(ApiError):
+    """A KV-event cursor older than the node's ring: the consumer resyncs."""
+
+    status_code = 410
+    code = "kv_events_gone"
+
+
 class ModelNotFound(NotFound):
     code = "model_not_found"
 

@@ -176,6 +176,8 @@ class _SamplingFields(_Strict):
     ignore_eos: StrictBool = Field(False, description="Keep generating past end-of-sequence.")
     stop_token_ids: list[StrictInt] | None = Field(None, max_length=MAX_STOP_STRINGS)
     include_stop_str_in_output: StrictBool = False
+    priority: StrictInt | None = Field(None, description="vLLM-style scheduling priority, lower runs first "
+                                       "(default 0, allowed -100..100); an X-Edgefleet-Priority header overrides it.")
 
     @model_validator(mode="before")
     @classmethod

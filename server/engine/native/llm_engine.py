@@ -12,6 +12,7 @@ from typing import Any
 
 from ..base import (Delta, GenerateRequest, InvalidRequestForEngine, PositionLogprobs,
                     TokenLogprob)
+from ..kv_events import KvEventLog
 from .block_manager import BlockManager
 from .detok import IncrementalDetokenizer
 from .model_runner import ModelRunner
@@ -46,7 +47,9 @@ class LLMEngine:
         self.tokenizer = tokenizer
         self.config = config
         self.eos_token_ids = eos_token_ids
-        self.block_manager = BlockManager(config.num_blocks, config.block_size, config.enable_prefix_caching)
+        self.kv_events = KvEventLog() if config.enable_prefix_caching else None
+        self.block_manager = BlockManager(config.num_blocks, config.block_size, config.enable_prefix_caching,
+                                          self.kv_events)
         sched_cfg = SchedulerConfig(config.max_num_seqs, config.max_num_batched_tokens,
                                     config.max_model_len, config.enable_chunked_prefill)
         self.scheduler = Scheduler(sched_cfg, self.block_manager)
@@ -77,7 +80,7 @@ class LLMEngine:
         if req.request_id in self.requests:
             raise InvalidRequestForEngine(f"duplicate request id {req.request_id}")
         s = req.sampling
-        seq = Sequence(req.request_id, req.prompt_token_ids, s.max_tokens)
+        seq = Sequence(req.request_id, req.prompt_token_ids, s.max_tokens, priority=req.priority)
         row = SamplingRow.for_sequence(s, req.prompt_token_ids, self.runner.device)
         detok = IncrementalDetokenizer(self.tokenizer, req.prompt_token_ids, s.stop,
                                        s.include_stop_str_in_output)

@@ -21,11 +21,15 @@ class Sequence:
     seq_id: str
     token_ids: list[int]
     max_tokens: int
+    priority: int = 0  # lower runs first (vLLM's convention)
+    order: int = -1  # arrival order, set by the scheduler on add; kept across preemption
     num_prompt_tokens: int = 0
     status: SequenceStatus = SequenceStatus.WAITING
     num_computed_tokens: int = 0
     num_cached_tokens: int = 0  # prompt tokens served from the prefix cache on first schedule
     block_table: list[int] = field(default_factory=list)
+    prefix_hashes: list[int] = field(default_factory=list)  # memo of full-block hashes for lookups
+    num_preemptions: int = 0
 
     def __post_init__(self) -> None:
         self.token_ids = list(self.token_ids)
