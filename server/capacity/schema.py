@@ -50,6 +50,12 @@ class Accelerator(BaseModel):
     power_limit_w: float | None = None
 
 
+class PriorityQueue(BaseModel):
+    priority: int = Field(description="Lower runs first (vLLM semantics).")
+    waiting: int
+    waiting_prompt_tokens: int
+
+
 class EngineLoad(BaseModel):
     running: int
     waiting: int
@@ -58,6 +64,8 @@ class EngineLoad(BaseModel):
     kv_free_tokens: int
     kv_total_tokens: int
     max_concurrent_sequences: int
+    queue_by_priority: list[PriorityQueue] = Field(
+        default_factory=list, description="Waiting work per priority class; empty when the engine does not say.")
 
 
 class Performance(BaseModel):

@@ -28,8 +28,9 @@ from server.config import is_loopback
 from server.router.config import RouterSettings
 from server.router.core import Router
 from server.router.mcp_tools import build_mcp
-from server.router.policy import estimate
-from server.router.proxy import ProxyEndpoint
+from server.router.policy import RequestInfo, estimate
+from server.router.proxy import ProxyEndpoint, estimate_prompt_tokens, parse_body
+from server.router.session import build_context, pick_info
 
 PROXY_ROUTES = {"/v1/chat/completions": ChatCompletionRequest, "/v1/completions": CompletionRequest}
 
@@ -104,8 +105,8 @@ class LocalBackend:
     async def nodes(self) -> list[dict[str, Any]]:
         return fleet_view(self.router)["nodes"]
 
-    async def pick(self, model: str, prompt_tokens: int, max_tokens: int) -> dict[str, Any]:
-        return pick_view(self.router, model, prompt_tokens, max_tokens)
+    async def pick(self, model: str, prompt_tokens: int, max_tokens: int, **hints: Any) -> dict[str, Any]:
+        return pick_view(self.router, model, pick_info(model, prompt_tokens, max_tokens, **hints))
 
     async def chat(self, body: dict[str, Any], key_id: str | None = None) -> tuple[int, dict[str, Any], str | None]:
         token = _mcp_caller.set(key_id)
@@ -138,12 +139,14 @@ def fleet_view(router: Router) -> dict[str, Any]:
             "score": "predicted TTFT in ms for a 512-token prompt", "nodes": nodes, "models": models_view(router)}
 
 
-def pick_view(router: Router, model: str, prompt_tokens: int, max_tokens: int) -> dict[str, Any]:
-    ranked = router.candidates(model, prompt_tokens, max_tokens)
+def pick_view(router: Router, model: str, info: RequestInfo) -> dict[str, Any]:
+    ranked = router.candidates(model, info)
     best = ranked[0]
     return {"node": best.node.name, "base_url": best.node.url + "/v1", "predicted_ttft_ms": round(best.ttft_ms, 2),
-            "policy": router.policy.name, "reason": best.reason(),
-            "alternatives": [{"node": e.node.name, "predicted_ttft_ms": round(e.ttft_ms, 2)} for e in ranked[1:]]}
+            "predicted_cached_tokens": router.predicted_cached(best.node, info), "prompt_tokens": info.prompt_tokens,
+            "session": info.session, "priority": info.priority, "policy": router.policy.name, "reason": best.reason(),
+            "alternatives": [{"node": e.node.name, "predicted_ttft_ms": round(e.ttft_ms, 2),
+                              "predicted_cached_tokens": router.predicted_cached(e.node, info)} for e in ranked[1:]]}
 
 
 def create_app(settings: RouterSettings) -> tuple[ASGIApp, Router]:
@@ -181,8 +184,21 @@ def create_app(settings: RouterSettings) -> tuple[ASGIApp, Router]:
 
     @inner.get("/v1/fleet/pick")
     async def pick(model: str, prompt_tokens: int = Query(512, ge=1, le=10_000_000),
-                   max_tokens: int = Query(256, ge=1, le=10_000_000)) -> dict[str, Any]:
-        return pick_view(router, model, prompt_tokens, max_tokens)
+                   max_tokens: int = Query(256, ge=1, le=10_000_000), session: str | None = Query(None, max_length=256),
+                   priority: int | None = Query(None)) -> dict[str, Any]:
+        return pick_view(router, model, pick_info(model, prompt_tokens, max_tokens, session=session, priority=priority))
+
+    @inner.post("/v1/fleet/pick")
+    async def pick_for(request: Request) -> dict[str, Any]:
+        """The pick for a whole chat request (messages, tools, session header, priority): what
+        the proxy would do with it, without sending it."""
+        raw = await request.body()
+        req = parse_body(raw, ChatCompletionRequest)
+        prompt_tokens = estimate_prompt_tokens(req)
+        key_id = request.scope.get("state", {}).get("key_id", "anonymous")
+        ctx = build_context(req, raw, dict(request.scope["headers"]), router.settings.limits.get(key_id),
+                            prompt_tokens, req.requested_max_tokens() or router.settings.default_max_tokens)
+        return pick_view(router, req.model, ctx.info)
 
     @inner.get("/v1/usage")
     async def usage(request: Request) -> dict[str, Any]:

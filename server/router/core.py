@@ -19,7 +19,8 @@ from server.router.audit import AuditLog
 from server.router.config import RouterSettings
 from server.router.limits import RateLimiter
 from server.router.metrics import RouterMetrics
-from server.router.policy import Estimate, estimate, make_policy
+from server.router.policy import Estimate, RequestInfo, estimate, make_policy
+from server.router.prefix_index import PrefixIndex
 from server.router.poller import Poller
 from server.router.registry import Node, NodeSpec, Registry
 from server.router.upstream import ConnectTimeout, Response, UpstreamIOError, UpstreamPool
@@ -59,10 +60,11 @@ class Router:
         self.registry = Registry(settings.failure_threshold, settings.success_threshold, settings.open_s)
         for spec in settings.nodes:
             self.registry.add(spec)
-        self.policy = make_policy(settings.policy, settings.seed)
+        self.index = PrefixIndex()  # which prompt prefixes each node is believed to hold
+        self.policy = make_policy(settings.policy, settings.seed, self.index)
         self.limiter = RateLimiter(settings.limits)
         self.audit = AuditLog(settings.audit_log, settings.log_prompts)
-        self.metrics = RouterMetrics()
+        self.metrics = RouterMetrics(self.index)
         self.upstream: UpstreamPool | None = None  # proxied requests (the hot path) and capacity polls
         self.poller: Poller | None = None
         self.browser = None  # server.router.discovery.NodeBrowser when --discover
@@ -107,7 +109,7 @@ class Router:
 
     # --- choosing --------------------------------------------------------------------
 
-    def candidates(self, model: str, prompt_tokens: int, max_tokens: int,
+    def candidates(self, model: str, req: RequestInfo,
                    zone: str | None = None, pin: str | None = None) -> list[Estimate]:
         now = time.monotonic()
         if pin:
@@ -119,8 +121,12 @@ class Router:
                 raise ModelNotFound(f"Node '{node.name}' does not serve model '{model[:128]}'.", param="model")
             if not node.is_ready(now):
                 raise self.no_healthy(f"Node '{node.name}' is not ready.")
-            return [estimate(node, prompt_tokens)]
+            return [estimate(node, req.prompt_tokens, cached_tokens=self.predicted_cached(node, req),
+                             priority=req.priority, cache_aware=True)]
         nodes = self.registry.nodes()
+        for n in nodes:
+            if not n.is_ready(now) and self.index.blocks(n.url):
+                self.index.forget(n.url)  # down, sleeping or draining: assume its cache is gone
         serving = [n for n in nodes if n.serves(model)]
         if not serving:
             if not nodes or any(n.capacity is None for n in nodes):
@@ -135,9 +141,11 @@ class Router:
             near = [n for n in ready if n.zone == zone]
             far = [n for n in ready if n.zone != zone]
             if near:
-                return (self.policy.rank(near, prompt_tokens, max_tokens)
-                        + (self.policy.rank(far, prompt_tokens, max_tokens) if far else []))
-        return self.policy.rank(ready, prompt_tokens, max_tokens)
+                return self.policy.rank(near, req) + (self.policy.rank(far, req) if far else [])
+        return self.policy.rank(ready, req)
+
+    def predicted_cached(self, node: Node, req: RequestInfo) -> int:
+        return self.index.match(node.url, req.hashes, req.session) * self.index.block_tokens if req.hashes else 0
 
     def no_healthy(self, message: str = "No healthy node is available.") -> NoHealthyNode:
         retry = max(1, round(self.settings.open_s))
@@ -167,7 +175,7 @@ class Router:
                 break
             node = est.node
             headers = {"content-type": "application/json", "x-request-id": request_id, **node.auth_headers}
-            node.on_dispatch()
+            node.on_dispatch(est.prefill_tokens)
             try:
                 resp = await self.upstream.request(
                     node.url, path, body, headers, connect_timeout=min(s.connect_timeout, remaining),
@@ -210,6 +218,7 @@ class Router:
         node.last_error = outcome
         if trip:
             node.breaker.trip(now)
+            self.index.forget(node.url)
         else:
             node.breaker.record_failure(now)
         attempts.append(Attempt(node.name, outcome))

@@ -60,6 +60,7 @@ class Node:
     # The router's own accounting, so a burst between two polls does not herd onto one node.
     inflight: int = 0
     dispatched_since_poll: int = 0
+    dispatched_prefill_tokens: int = 0  # uncached prompt tokens sent since the poll
     completed_since_poll: int = 0
     requests: int = 0
     failures: int = 0
@@ -88,9 +89,10 @@ class Node:
         return (self.capacity is not None and self.capacity.state == "ready"
                 and self.breaker.allows_requests(now))
 
-    def on_dispatch(self) -> None:
+    def on_dispatch(self, prefill_tokens: int = 0) -> None:
         self.inflight += 1
         self.dispatched_since_poll += 1
+        self.dispatched_prefill_tokens += prefill_tokens
         self.requests += 1
 
     def on_done(self) -> None:
@@ -105,6 +107,7 @@ class Node:
         self.rtt_samples.append(rtt_ms)
         self.rtt_ms = min(self.rtt_samples)
         self.dispatched_since_poll = 0
+        self.dispatched_prefill_tokens = 0
         self.completed_since_poll = 0
         self.last_error = None
         ident = capacity.identity
