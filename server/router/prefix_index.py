@@ -128,10 +128,16 @@ class PrefixIndex:
 
     def set_capacity(self, node: str, kv_total_tokens: int) -> None:
         """The most blocks ``node`` can hold, from its capacity document; evicts beyond it."""
-        nb = self._nodes.setdefault(node, _NodeBlocks())
+        nb = self._node(node)
         cap = kv_total_tokens // self.block_tokens if kv_total_tokens > 0 else self.max_blocks_per_node
         nb.limit = max(1, min(self.max_blocks_per_node, cap))
         self._evict(nb)
+
+    def _node(self, node: str) -> _NodeBlocks:
+        nb = self._nodes.get(node)
+        if nb is None:
+            nb = self._nodes[node] = _NodeBlocks(limit=self.max_blocks_per_node)
+        return nb
 
     def blocks(self, node: str) -> int:
         nb = self._nodes.get(node)
@@ -162,7 +168,7 @@ class PrefixIndex:
     def insert(self, node: str, hashes: list[int], session: str | None = None, now: float | None = None) -> None:
         """``node`` now holds this prefix (it was routed there and answered)."""
         now = time.monotonic() if now is None else now
-        nb = self._nodes.setdefault(node, _NodeBlocks())
+        nb = self._node(node)
         nb.last_used = now
         blocks = nb.blocks
         # Leaf first, so a chain's parents are the more recent: LRU then drops the tails of
