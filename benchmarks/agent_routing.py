@@ -67,6 +67,9 @@ FLEET = (
     Shape("cpu-box", 1.0, 1500, 50, 2, 8, 32_000),
     Shape("old-laptop-far", 40.0, 800, 80, 3, 4, 16_000),
 )
+# Four like boxes: where a cache-blind router spreads every chain over every cache.
+HOMOGENEOUS = tuple(Shape(f"gpu-{i}", 2.0 + i, 3000, 20, 0.5, 16, 64_000) for i in range(4))
+FLEETS = {"hetero": FLEET, "homogeneous": HOMOGENEOUS}
 
 
 @dataclass(slots=True)
@@ -202,7 +205,7 @@ class Sim:
                 if t < best_t:
                     best, best_t = i, t
             return best
-        info = RequestInfo(job.prompt_tokens, job.output, job.hashes, session)
+        info = RequestInfo(job.prompt_tokens, job.output, job.hashes, session, now=self.now)
         ranked = self.policy.rank(self.router_nodes, info)
         first = ranked[0]
         i = self.router_nodes.index(first.node)

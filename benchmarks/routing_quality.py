@@ -231,9 +231,11 @@ def agent_sweep(args: argparse.Namespace) -> dict:
     out: dict = {"date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "chains": args.chains,
                  "steps": args.steps, "seeds": args.seeds, "rates": {}, "independent": {},
                  "fleet": []}
+    fleet = ar.FLEETS[args.fleet]
+    out["fleet_kind"] = args.fleet
     out["fleet"] = [{"name": s.name, "rtt_ms": s.rtt_ms, "prefill_tokens_per_s": s.prefill_tokens_per_s,
                      "decode_ms": s.decode_ms, "decode_ms_per_seq": s.decode_ms_per_seq,
-                     "max_num_seqs": s.max_num_seqs, "kv_tokens": s.kv_tokens} for s in ar.FLEET]
+                     "max_num_seqs": s.max_num_seqs, "kv_tokens": s.kv_tokens} for s in fleet]
     keys = ("chain_p50_s", "chain_p99_s", "ttft_p50_s", "ttft_p99_s", "hit_rate", "goodput_sps")
     for rate in args.rates:
         row: dict = {}
@@ -242,15 +244,15 @@ def agent_sweep(args: argparse.Namespace) -> dict:
             for seed in args.seeds:
                 chains = ar.make_chains(args.chains, args.steps, rate, seed)
                 if policy == "single_node":
-                    runs.append(ar.run_agent(ar.single_node(ar.FLEET), "round_robin", chains, seed))
+                    runs.append(ar.run_agent(ar.single_node(fleet), "round_robin", chains, seed))
                 else:
-                    runs.append(ar.run_agent(ar.FLEET, policy, chains, seed))
+                    runs.append(ar.run_agent(fleet, policy, chains, seed))
             row[policy] = {k: float(np.mean([r[k] for r in runs])) for k in keys}
             print(f"rate {rate} {policy}: " + ", ".join(f"{k} {row[policy][k]:.2f}" for k in keys), flush=True)
         out["rates"][rate] = row
     for rate in args.independent_rates:
         out["independent"][rate] = {
-            p: {k: float(np.mean([ar.run_independent(ar.FLEET, p, args.requests, rate, s)[k] for s in args.seeds]))
+            p: {k: float(np.mean([ar.run_independent(fleet, p, args.requests, rate, s)[k] for s in args.seeds]))
                 for k in ("ttft_p50_s", "ttft_p99_s", "e2el_p50_s")} for p in ("cache_blind", "nearest_idle")}
     return out
 
@@ -264,7 +266,7 @@ def agent_goals(row: dict) -> dict:
 
 
 def agent_markdown(res: dict) -> str:
-    lines = [f"Agent sessions ({res['date']}; SIMULATED: discrete-event model of the 4-node fleet driving the "
+    lines = [f"Agent sessions ({res['date']}; SIMULATED: discrete-event model of the {res.get('fleet_kind', 'hetero')} 4-node fleet driving the "
              f"router's real policies and prefix index; {res['chains']} chains x {res['steps']} steps, Poisson chain "
              f"arrivals; mean of seeds {res['seeds']}; goodput = steps with TTFT <= 2 s per second)", ""]
     for rate, row in res["rates"].items():
@@ -311,6 +313,8 @@ def main() -> None:
     ap.add_argument("--independent-rates", type=float, nargs="*", default=[2, 4, 8],
                     help="agent: independent-request rates for the nearest_idle vs cache_blind check")
     ap.add_argument("--agent-policies", nargs="+", default=None)
+    ap.add_argument("--fleet", choices=("hetero", "homogeneous"), default="hetero",
+                    help="agent: the routing_quality fleet, or four like GPUs")
     args = ap.parse_args()
     if args.workload == "agent":
         from benchmarks.agent_routing import AGENT_POLICIES

@@ -54,6 +54,7 @@ class RequestInfo:
     hashes: list[int] = field(default_factory=list)  # chained prefix block hashes (prefix_index)
     session: str | None = None  # hash of the session key, never the key
     priority: int | None = None  # lower runs first; None: the node's default (0)
+    now: float | None = None  # monotonic time of the decision: the polled queue has drained since
 
 
 @dataclass(slots=True)
@@ -89,7 +90,8 @@ def _priority_split(load: object, priority: int | None) -> tuple[int, int] | Non
 
 
 def estimate(node: Node, prompt_tokens: int, mean_max_tokens: float = REF_MAX_TOKENS / 2,
-             cached_tokens: int = 0, priority: int | None = None, cache_aware: bool = False) -> Estimate:
+             cached_tokens: int = 0, priority: int | None = None, cache_aware: bool = False,
+             now: float | None = None) -> Estimate:
     """Predicted TTFT of a request on ``node``. ``cache_aware``: the router's own pending
     dispatches cost what they really had to prefill (their uncached tokens), not a copy
     of this request's prompt each (the pre-session estimate)."""
@@ -113,6 +115,10 @@ def estimate(node: Node, prompt_tokens: int, mean_max_tokens: float = REF_MAX_TO
         per_token = 1000.0 / (perf.prefill_tokens_per_s or DEFAULT_PREFILL_TOKENS_PER_S)
         wait = load.waiting_prompt_tokens * per_token
         busy_seen = min(load.running + load.waiting, slots - 1)
+    if now is not None and cache_aware:
+        # The node has worked off its polled queue for as long as the poll is old (what was
+        # sent since is counted below as pending).
+        wait = max(0.0, wait - 1000.0 * max(0.0, now - node.capacity_at))
     waiting = load.waiting
     later = _priority_split(load, priority)
     if later is not None:  # queued work of a lower class (higher number) runs after us
@@ -159,7 +165,7 @@ class _Base:
         # Remaining decode of a running sequence is on average half its max_tokens.
         self.mean_max_tokens = 0.9 * self.mean_max_tokens + 0.1 * (req.max_tokens / 2.0)
         return [estimate(n, req.prompt_tokens, self.mean_max_tokens, self.cached_tokens(n, req), req.priority,
-                         cache_aware=self.uses_cache) for n in nodes]
+                         cache_aware=self.uses_cache, now=req.now) for n in nodes]
 
 
 def _load(e: Estimate) -> int:

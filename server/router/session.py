@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -107,7 +108,7 @@ def build_context(req: Any, raw: bytes, headers: dict[bytes, bytes], limits: Key
         text = canonical_chat(req.model, req.messages, req.tools)
     else:
         text = canonical_completion(req.model, req.prompt)
-    info = RequestInfo(prompt_tokens, max_tokens, block_hashes(text), session, priority)
+    info = RequestInfo(prompt_tokens, max_tokens, block_hashes(text), session, priority, time.monotonic())
     return RouteContext(info, body, clamped)
 
 
@@ -154,4 +155,5 @@ def pick_info(model: str, prompt_tokens: int, max_tokens: int, messages: list[di
         text = canonical_chat(model, messages)
         hashes = block_hashes(text)
         prompt_tokens = max(1, len(text) // 4)
-    return RequestInfo(prompt_tokens, max_tokens, hashes, session_hash(session) if session else None, priority)
+    return RequestInfo(prompt_tokens, max_tokens, hashes, session_hash(session) if session else None, priority,
+                       time.monotonic())

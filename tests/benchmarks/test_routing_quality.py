@@ -30,7 +30,7 @@ def test_sim_node_cache_and_queue():
 
 
 def test_sweep_and_report_render():
-    args = argparse.Namespace(chains=3, steps=2, seeds=[0], rates=[1.0], requests=10, independent_rates=[2.0],
+    args = argparse.Namespace(fleet="hetero", chains=3, steps=2, seeds=[0], rates=[1.0], requests=10, independent_rates=[2.0],
                               agent_policies=list(ar.AGENT_POLICIES))
     res = agent_sweep(args)
     row = res["rates"][1.0]

@@ -85,3 +85,13 @@ def test_session_sticky_is_consistent_and_falls_back():
     # No session key: nearest_idle (the faster node for a long prompt).
     fast = node("http://fast:1", prefill_tps=10_000.0)
     assert p.rank([*rest, fast], RequestInfo(5000, 16))[0].node is fast
+
+
+def test_polled_queue_drains_with_the_poll_age():
+    n = node("http://a:1", wait_ms=2000.0)  # polled at monotonic 0.0
+    p = make_policy("nearest_idle", seed=1)
+    assert abs(p.rank([n], RequestInfo(100, 16))[0].wait_ms - 2000.0) < 1e-6  # no clock: as polled
+    assert abs(p.rank([n], RequestInfo(100, 16, now=1.5))[0].wait_ms - 500.0) < 1e-6
+    assert p.rank([n], RequestInfo(100, 16, now=5.0))[0].wait_ms == 0.0
+    # cache_blind keeps the old estimate exactly.
+    assert abs(make_policy("cache_blind").rank([n], RequestInfo(100, 16, now=1.5))[0].wait_ms - 2000.0) < 1e-6
