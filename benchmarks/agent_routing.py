@@ -209,7 +209,7 @@ class Sim:
         ranked = self.policy.rank(self.router_nodes, info)
         first = ranked[0]
         i = self.router_nodes.index(first.node)
-        first.node.on_dispatch(first.prefill_tokens)
+        first.node.on_dispatch(first.prefill_tokens, self.now + (first.wait_ms + first.prefill_ms) / 1000.0)
         job.est = first
         return i
 

@@ -175,7 +175,7 @@ class Router:
                 break
             node = est.node
             headers = {"content-type": "application/json", "x-request-id": request_id, **node.auth_headers}
-            node.on_dispatch(est.prefill_tokens)
+            node.on_dispatch(est.prefill_tokens, time.monotonic() + (est.wait_ms + est.prefill_ms) / 1000.0)
             try:
                 resp = await self.upstream.request(
                     node.url, path, body, headers, connect_timeout=min(s.connect_timeout, remaining),

@@ -117,7 +117,7 @@ def estimate(node: Node, prompt_tokens: int, mean_max_tokens: float = REF_MAX_TO
         busy_seen = min(load.running + load.waiting, slots - 1)
     if now is not None and cache_aware:
         # The node has worked off its polled queue for as long as the poll is old (what was
-        # sent since is counted below as pending).
+        # sent since is counted below).
         wait = max(0.0, wait - 1000.0 * max(0.0, now - node.capacity_at))
     waiting = load.waiting
     later = _priority_split(load, priority)
@@ -127,7 +127,12 @@ def estimate(node: Node, prompt_tokens: int, mean_max_tokens: float = REF_MAX_TO
         waiting = max(0, waiting - later_n)
         busy_seen = min(busy_seen, load.running + waiting)
     pending = node.pending
-    if cache_aware and node.dispatched_since_poll:
+    if now is not None and cache_aware:
+        # The router's own dispatches since the poll, as a prefill lane it keeps itself:
+        # each one moved ``lane_free`` to when its prefill should end. A request whose
+        # prefill is done no longer delays ours, even before it completes.
+        wait = max(wait, 1000.0 * (node.lane_free - now))
+    elif cache_aware and node.dispatched_since_poll:
         wait += pending * per_token * node.dispatched_prefill_tokens / node.dispatched_since_poll
     else:
         wait += pending * per_token * prompt_tokens

@@ -61,6 +61,7 @@ class Node:
     inflight: int = 0
     dispatched_since_poll: int = 0
     dispatched_prefill_tokens: int = 0  # uncached prompt tokens sent since the poll
+    lane_free: float = 0.0  # monotonic time the prefills the router sent since the poll should end
     completed_since_poll: int = 0
     requests: int = 0
     failures: int = 0
@@ -89,7 +90,8 @@ class Node:
         return (self.capacity is not None and self.capacity.state == "ready"
                 and self.breaker.allows_requests(now))
 
-    def on_dispatch(self, prefill_tokens: int = 0) -> None:
+    def on_dispatch(self, prefill_tokens: int = 0, prefill_done_at: float = 0.0) -> None:
+        self.lane_free = max(self.lane_free, prefill_done_at)
         self.inflight += 1
         self.dispatched_since_poll += 1
         self.dispatched_prefill_tokens += prefill_tokens
@@ -108,6 +110,7 @@ class Node:
         self.rtt_ms = min(self.rtt_samples)
         self.dispatched_since_poll = 0
         self.dispatched_prefill_tokens = 0
+        self.lane_free = 0.0
         self.completed_since_poll = 0
         self.last_error = None
         ident = capacity.identity

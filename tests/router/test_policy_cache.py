@@ -95,3 +95,13 @@ def test_polled_queue_drains_with_the_poll_age():
     assert p.rank([n], RequestInfo(100, 16, now=5.0))[0].wait_ms == 0.0
     # cache_blind keeps the old estimate exactly.
     assert abs(make_policy("cache_blind").rank([n], RequestInfo(100, 16, now=1.5))[0].wait_ms - 2000.0) < 1e-6
+
+
+def test_own_dispatches_form_a_prefill_lane_that_drains():
+    n = node("http://a:1", prefill_tps=1000.0)  # polled at monotonic 0.0, idle
+    p = make_policy("nearest_idle", seed=1)
+    first = p.rank([n], RequestInfo(1000, 16, now=0.0))[0]
+    n.on_dispatch(first.prefill_tokens, 0.0 + (first.wait_ms + first.prefill_ms) / 1000.0)  # busy until ~1.0 s
+    assert abs(p.rank([n], RequestInfo(100, 16, now=0.5))[0].wait_ms - 500.0) < 5.0
+    # Its prefill is done at 1.0 s: still pending (decoding), but no longer ahead of ours.
+    assert n.pending == 1 and p.rank([n], RequestInfo(100, 16, now=1.2))[0].wait_ms == 0.0
