@@ -122,7 +122,7 @@ class Router:
             if not node.is_ready(now):
                 raise self.no_healthy(f"Node '{node.name}' is not ready.")
             return [estimate(node, req.prompt_tokens, cached_tokens=self.predicted_cached(node, req),
-                             priority=req.priority, cache_aware=True)]
+                             priority=req.priority, cache_aware=True, now=req.now)]
         nodes = self.registry.nodes()
         for n in nodes:
             if not n.is_ready(now) and self.index.blocks(n.url):
