@@ -15,7 +15,8 @@ router's prefix index (server/router/prefix_index.py): the node holding a conver
 context wins exactly when its queue costs less than re-prefilling the context elsewhere;
 there is no threshold to tune. With a per-priority queue in the capacity document
 (``load.queue_by_priority``) the wait counts only work that runs before this request
-(priority <= ours; lower runs first, as in vLLM). Near-ties are broken by power-of-two
+(priority <= ours; lower runs first, as in vLLM): the polled prediction is for priority
+``POLL_PRIORITY``, and the classes between that and the request's are added or removed. Near-ties are broken by power-of-two
 random choice on the router's in-flight count, among the nodes holding the most context.
 
 ``cache_blind`` is the same model without the index (the pre-session router), kept for
@@ -78,15 +79,25 @@ class Estimate:
                 f"{self.node.capacity.load.running if self.node.capacity else '?'}, router in flight {self.node.inflight})")
 
 
-def _priority_split(load: object, priority: int | None) -> tuple[int, int] | None:
-    """(requests, prompt tokens) waiting on the node that run AFTER a request of this
-    priority, or None when the node does not report its queue per priority."""
+POLL_PRIORITY = 0  # the poller asks the node for the prediction of a request of this priority
+
+
+def _priority_shift(load: object, priority: int | None) -> tuple[int, int] | None:
+    """How the queue ahead of a request of ``priority`` differs from the polled one, as
+    (requests, prompt tokens): positive when more waits ahead of it, negative when less.
+    The node's polled prediction counts only waiting work of priority <= POLL_PRIORITY
+    (lower runs first). None when the node does not report its queue per priority."""
     classes = getattr(load, "queue_by_priority", None)
     if not classes:
         return None
-    p = 0 if priority is None else priority
-    later = [q for q in classes if q.priority > p]
-    return sum(q.waiting for q in later), sum(q.waiting_prompt_tokens for q in later)
+    p = POLL_PRIORITY if priority is None else priority
+    if p >= POLL_PRIORITY:
+        sel = [q for q in classes if POLL_PRIORITY < q.priority <= p]
+        sign = 1
+    else:
+        sel = [q for q in classes if p < q.priority <= POLL_PRIORITY]
+        sign = -1
+    return sign * sum(q.waiting for q in sel), sign * sum(q.waiting_prompt_tokens for q in sel)
 
 
 def estimate(node: Node, prompt_tokens: int, mean_max_tokens: float = REF_MAX_TOKENS / 2,
@@ -120,11 +131,15 @@ def estimate(node: Node, prompt_tokens: int, mean_max_tokens: float = REF_MAX_TO
         # sent since is counted below).
         wait = max(0.0, wait - 1000.0 * max(0.0, now - node.capacity_at))
     waiting = load.waiting
-    later = _priority_split(load, priority)
-    if later is not None:  # queued work of a lower class (higher number) runs after us
-        later_n, later_tokens = later
-        wait = max(0.0, wait - later_tokens * per_token)
-        waiting = max(0, waiting - later_n)
+    shift = _priority_shift(load, priority)
+    if shift is not None:  # only work that runs before ours counts (priority <= ours)
+        p = POLL_PRIORITY if priority is None else priority
+        ahead_n = sum(q.waiting for q in load.queue_by_priority if q.priority <= p)
+        if pred is not None and pred.prompt_tokens > 0:
+            wait = max(0.0, wait + shift[1] * per_token)  # the polled wait counted the class of POLL_PRIORITY
+        else:
+            wait = sum(q.waiting_prompt_tokens for q in load.queue_by_priority if q.priority <= p) * per_token
+        waiting = min(load.waiting, ahead_n)
         busy_seen = min(busy_seen, load.running + waiting)
     pending = node.pending
     if now is not None and cache_aware:

@@ -39,15 +39,27 @@ def test_a_long_queue_beats_the_cache():
 
 
 def test_priority_ignores_lower_priority_queue():
-    idx, holder, far = fleet_with_context(wait_ms=10_000.0, waiting=20)
-    # All of the holder's queue is background work (priority 10): an urgent request skips it.
+    # The node's polled prediction is for a priority-0 request: its 20 queued background
+    # calls (priority 10, 20k tokens, 10 s of prefill) are not in it.
+    idx, holder, far = fleet_with_context(wait_ms=100.0, waiting=20)
     holder.capacity.load.waiting_prompt_tokens = 20_000
     holder.capacity.load.queue_by_priority = [PriorityQueue(priority=10, waiting=20, waiting_prompt_tokens=20_000)]
     p = make_policy("nearest_idle", seed=1, index=idx)
-    urgent = p.rank([far, holder], RequestInfo(PROMPT, 64, CONTEXT, priority=0))
-    assert urgent[0].node is holder and urgent[0].wait_ms < 100
+    for urgent in (None, 0, 5):  # none of them waits behind the background class
+        first = p.rank([far, holder], RequestInfo(PROMPT, 64, CONTEXT, priority=urgent))[0]
+        assert first.node is holder and first.wait_ms < 200, urgent
     background = p.rank([far, holder], RequestInfo(PROMPT, 64, CONTEXT, priority=10))
-    assert background[0].node is far  # same class: it waits behind all of it
+    assert background[0].node is far  # same class: it waits behind all of it (10 s > 4.8 s)
+    assert background[1].wait_ms > 9_000
+
+
+def test_urgent_request_skips_the_default_class():
+    idx, holder, far = fleet_with_context(wait_ms=10_000.0, waiting=10)  # 10 s of priority-0 work
+    holder.capacity.load.queue_by_priority = [PriorityQueue(priority=0, waiting=10, waiting_prompt_tokens=20_000)]
+    p = make_policy("nearest_idle", seed=1, index=idx)
+    assert p.rank([far, holder], RequestInfo(PROMPT, 64, CONTEXT))[0].node is far
+    urgent = p.rank([far, holder], RequestInfo(PROMPT, 64, CONTEXT, priority=-5))[0]
+    assert urgent.node is holder and urgent.wait_ms < 100
 
 
 def test_near_tie_does_not_move_away_from_context():
