@@ -88,6 +88,7 @@ class Job:
     done: float = 0.0
     predicted_blocks: int = 0
     est: Estimate | None = None
+    session: str | None = None
 
 
 @dataclass(slots=True)
@@ -215,8 +216,9 @@ class Sim:
 
     # --- a request's life ------------------------------------------------------------------
 
-    def send(self, job: Job, session: str) -> None:
+    def send(self, job: Job, session: str | None) -> None:
         job.sent = self.now
+        job.session = session
         i = self.route(job, session)
         job.node = i
         self.at(self.now + self.shapes[i].rtt_ms / 2000.0, self.arrive, job, session)
@@ -267,7 +269,7 @@ class Sim:
         if self.policy is not None:
             rn = self.router_nodes[job.node]
             rn.on_done()
-            self.index.correct(rn.url, job.hashes, job.cached, job.predicted_blocks)
+            self.index.correct(rn.url, job.hashes, job.cached, job.predicted_blocks, job.session)
         self.jobs.append(job)
         self.on_step_done(job)
 

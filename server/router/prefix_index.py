@@ -194,7 +194,8 @@ class PrefixIndex:
         for s in [s for s, (n, _) in self._sessions.items() if n == node]:
             del self._sessions[s]
 
-    def correct(self, node: str, hashes: list[int], reported_cached_tokens: int, predicted_blocks: int) -> None:
+    def correct(self, node: str, hashes: list[int], reported_cached_tokens: int, predicted_blocks: int,
+                session: str | None = None) -> None:
         """The node says it had ``reported_cached_tokens`` of this prompt cached. Where that is
         fewer blocks than predicted, it no longer holds the blocks beyond: drop them (they
         are chained, so everything that extends them is gone too, as far as this request
@@ -214,9 +215,11 @@ class PrefixIndex:
             if nb.blocks.pop(h, None) is not None:
                 self._total -= 1
                 st.trims += 1
-        for s, (n, chain) in list(self._sessions.items()):
-            if n == node and _common_prefix(chain, hashes) > held:
-                self._sessions[s] = (n, chain[:held])
+        # This request's session only: scanning every session would cost per request on a
+        # node that never caches; other sessions are corrected by their own reports.
+        last = self._sessions.get(session) if session is not None else None
+        if last is not None and last[0] == node:
+            self._sessions[session] = (node, last[1][:held])
 
     # --- bounds ------------------------------------------------------------------------
 

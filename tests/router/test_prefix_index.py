@@ -120,3 +120,11 @@ def test_session_credits_its_last_node():
     assert idx.match("a", h, session="s") == 8  # the session's last node is credited with all
     assert idx.match("b", h, session="s") == 0
     assert session_hash("key") != "key" and len(session_hash("key")) == 16
+
+
+def test_a_report_trims_the_sessions_credit():
+    idx = PrefixIndex(block_tokens=64)
+    h = block_hashes("z" * BLOCK_CHARS * 6)
+    idx.insert("a", h, session="s")
+    idx.correct("a", h, reported_cached_tokens=128, predicted_blocks=6, session="s")
+    assert idx.match("a", h, session="s") == 2  # neither the block map nor the session claims more
