@@ -88,3 +88,19 @@ async def test_router_answers_400_envelopes_before_routing():
         assert r.status_code == 400 and "-100 to 100" in r.json()["error"]["message"]
         r = await c.get("/v1/fleet/pick", params={"model": "m", "priority": 500})
         assert r.status_code == 400 and r.json()["error"]["param"] == "priority"
+
+
+def test_pick_info_for_the_mcp_tool_and_get_pick():
+    from server.router.session import pick_info
+
+    messages = [{"role": "system", "content": "s" * 3000}, {"role": "user", "content": [{"type": "text", "text": "q"}]}]
+    info = pick_info("m", 512, 64, messages=messages, session="agent-7", priority=-3)
+    assert len(info.hashes) == 11 and info.prompt_tokens > 700  # from the messages, not the default
+    assert info.session and info.session != "agent-7" and info.priority == -3
+    # The same conversation as a validated request hashes the same (what the proxy indexed).
+    req = ChatCompletionRequest.model_validate({"model": "m", "messages": messages})
+    assert build_context(req, b"{}", {}, None, 1, 1).info.hashes == info.hashes
+    with pytest.raises(InvalidRequest, match="-100 to 100"):
+        pick_info("m", 512, 64, priority=101)
+    with pytest.raises(InvalidRequest):
+        pick_info("m", 512, 64, session="has space")
