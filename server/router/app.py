@@ -28,6 +28,7 @@ from server.router.config import RouterSettings
 from server.router.core import Router
 from server.router.mcp_tools import build_mcp
 from server.router.routes import PROXY_ROUTES, fleet_view, models_view, pick_view, proxy_routes, routes
+from server.router.session import pick_info
 
 
 class RouterHeader:
@@ -100,8 +101,8 @@ class LocalBackend:
     async def nodes(self) -> list[dict[str, Any]]:
         return fleet_view(self.router)["nodes"]
 
-    async def pick(self, model: str, prompt_tokens: int, max_tokens: int) -> dict[str, Any]:
-        return pick_view(self.router, model, prompt_tokens, max_tokens)
+    async def pick(self, model: str, prompt_tokens: int, max_tokens: int, **hints: Any) -> dict[str, Any]:
+        return pick_view(self.router, model, pick_info(model, prompt_tokens, max_tokens, **hints))
 
     async def chat(self, body: dict[str, Any], key_id: str | None = None) -> tuple[int, dict[str, Any], str | None]:
         token = _mcp_caller.set(key_id)

@@ -49,7 +49,8 @@ def _hash_key(ctx: click.Context, _p: click.Parameter, value: bool) -> None:
 @opt("--api-key", default=None, help="A client key the router accepts (id 'default'); more in the fleet file.")
 @opt("--api-key-file", type=click.Path(dir_okay=False), default=None, help="Read that client key from a file.")
 @opt("--insecure", is_flag=True, default=False, help="Allow a non-loopback bind without client keys.")
-@opt("--policy", type=click.Choice(["nearest_idle", "round_robin", "random", "least_loaded"]), default=None,
+@opt("--policy", type=click.Choice(["nearest_idle", "cache_blind", "cache_aware", "session_sticky",
+                                           "round_robin", "random", "least_loaded"]), default=None,
      help="Routing policy. [default: nearest_idle]")
 @opt("--poll-interval", type=float, default=None, help="Seconds between capacity polls. [default: 1.0]")
 @opt("--max-attempts", type=int, default=3, show_default=True, help="Nodes tried before the first byte.")

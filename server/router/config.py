@@ -19,6 +19,8 @@ Fleet file::
     requests_per_min = 60
     tokens_per_min = 200000
     max_concurrent = 4
+    priority_default = 10         # optional: priority when a request gives none (lower runs first)
+    priority_min = 0              # optional: the most urgent priority this key may ask for (clamped)
 """
 
 from __future__ import annotations
@@ -71,6 +73,8 @@ class FleetKey(_Strict):
     requests_per_min: int | None = Field(None, ge=1)
     tokens_per_min: int | None = Field(None, ge=1)
     max_concurrent: int | None = Field(None, ge=1)
+    priority_default: int | None = Field(None, ge=-100, le=100)
+    priority_min: int | None = Field(None, ge=-100, le=100)
 
 
 class FleetFile(_Strict):
@@ -120,7 +124,8 @@ class RouterSettings:
 
 def keys_from_fleet(fleet: FleetFile) -> tuple[list[ApiKey], dict[str, KeyLimits]]:
     keys = [ApiKey(k.id, k.hash) for k in fleet.keys]
-    limits = {k.id: KeyLimits(k.requests_per_min, k.tokens_per_min, k.max_concurrent) for k in fleet.keys}
+    limits = {k.id: KeyLimits(k.requests_per_min, k.tokens_per_min, k.max_concurrent,
+                                k.priority_default, k.priority_min) for k in fleet.keys}
     return keys, limits
 
 

@@ -19,7 +19,8 @@ from server.router.audit import AuditLog
 from server.router.config import RouterSettings
 from server.router.limits import RateLimiter
 from server.router.metrics import RouterMetrics
-from server.router.policy import Estimate, estimate, make_policy
+from server.router.policy import Estimate, RequestInfo, estimate, make_policy
+from server.router.prefix_index import PrefixIndex
 from server.router.poller import Poller
 from server.router.registry import FailureOutcome, Node, NodeSpec, Registry
 from server.router.upstream import ConnectTimeout, Response, UpstreamIOError, UpstreamPool
@@ -41,10 +42,11 @@ class Router:
         self.registry = Registry(settings.failure_threshold, settings.success_threshold, settings.open_s)
         for spec in settings.nodes:
             self.registry.add(spec)
-        self.policy = make_policy(settings.policy, settings.seed)
+        self.index = PrefixIndex()  # which prompt prefixes each node is believed to hold
+        self.policy = make_policy(settings.policy, settings.seed, self.index)
         self.limiter = RateLimiter(settings.limits)
         self.audit = AuditLog(settings.audit_log, settings.log_prompts)
-        self.metrics = RouterMetrics()
+        self.metrics = RouterMetrics(self.index)
         self.upstream: UpstreamPool | None = None  # proxied requests (the hot path) and capacity polls
         self.poller: Poller | None = None
         self.browser = None  # server.router.discovery.NodeBrowser when --discover
@@ -89,7 +91,7 @@ class Router:
 
     # --- choosing --------------------------------------------------------------------
 
-    def candidates(self, model: str, prompt_tokens: int, max_tokens: int,
+    def candidates(self, model: str, req: RequestInfo,
                    zone: str | None = None, pin: str | None = None) -> list[Estimate]:
         now = time.monotonic()
         if pin:
@@ -101,8 +103,12 @@ class Router:
                 raise ModelNotFound(f"Node '{node.name}' does not serve model '{model[:128]}'.", param="model")
             if not node.is_ready(now):
                 raise self.no_healthy(f"Node '{node.name}' is not ready.")
-            return [estimate(node, prompt_tokens)]
+            return [estimate(node, req.prompt_tokens, cached_tokens=self.predicted_cached(node, req),
+                             priority=req.priority, cache_aware=True, now=req.now)]
         nodes = self.registry.nodes()
+        for n in nodes:
+            if not n.is_ready(now) and self.index.blocks(n.url):
+                self.index.forget(n.url)  # down, sleeping or draining: assume its cache is gone
         serving = [n for n in nodes if n.serves(model)]
         if not serving:
             if not nodes or any(n.capacity is None for n in nodes):
@@ -117,9 +123,11 @@ class Router:
             near = [n for n in ready if n.zone == zone]
             far = [n for n in ready if n.zone != zone]
             if near:
-                return (self.policy.rank(near, prompt_tokens, max_tokens)
-                        + (self.policy.rank(far, prompt_tokens, max_tokens) if far else []))
-        return self.policy.rank(ready, prompt_tokens, max_tokens)
+                return self.policy.rank(near, req) + (self.policy.rank(far, req) if far else [])
+        return self.policy.rank(ready, req)
+
+    def predicted_cached(self, node: Node, req: RequestInfo) -> int:
+        return self.index.match(node.url, req.hashes, req.session) * self.index.block_tokens if req.hashes else 0
 
     def no_healthy(self, message: str = "No healthy node is available.") -> NoHealthyNode:
         retry = max(1, round(self.settings.open_s))
@@ -149,7 +157,7 @@ class Router:
                 break
             node = est.node
             headers = {"content-type": "application/json", "x-request-id": request_id, **node.auth_headers}
-            node.on_dispatch()
+            node.on_dispatch(est.prefill_tokens, time.monotonic() + (est.wait_ms + est.prefill_ms) / 1000.0)
             try:
                 resp = await self.upstream.request(
                     node.url, path, body, headers, connect_timeout=min(s.connect_timeout, remaining),
@@ -185,7 +193,8 @@ class Router:
 
     def _failed(self, node: Node, attempts: list[Attempt], outcome: FailureOutcome) -> None:
         node.on_done()
-        node.record_failure(outcome)
+        if node.record_failure(outcome):
+            self.index.forget(node.url)  # tripped: the node may be gone, its cache with it
         attempts.append(Attempt(node.name, outcome))
         self.metrics.failovers.inc()
         log.warning("node %s failed before the first byte (%s); trying the next", node.name, outcome)

@@ -13,13 +13,14 @@ import time
 from pydantic import ValidationError
 
 from server.capacity.schema import Capacity
-from server.router.policy import REF_MAX_TOKENS, REF_PROMPT_TOKENS
+from server.router.policy import POLL_PRIORITY, REF_MAX_TOKENS, REF_PROMPT_TOKENS
 from server.router.registry import Node, Registry
 from server.router.upstream import ConnectFailed, ConnectTimeout, UpstreamIOError, UpstreamPool
 
 log = logging.getLogger("edgefleet.router.poller")
 
-CAPACITY_PATH = f"/v1/capacity?prompt_tokens={REF_PROMPT_TOKENS}&max_tokens={REF_MAX_TOKENS}"
+CAPACITY_PATH = (f"/v1/capacity?prompt_tokens={REF_PROMPT_TOKENS}&max_tokens={REF_MAX_TOKENS}"
+                 f"&priority={POLL_PRIORITY}")
 
 
 async def poll_node(pool: UpstreamPool, node: Node, timeout: float, registry: Registry | None = None) -> bool:

@@ -27,6 +27,7 @@ from server.edge.render import send_error, sse_error_event
 from server.router.core import Attempt, Router, new_request_id
 from server.router.limits import KeyUsage, Limited
 from server.router.registry import Node
+from server.router.session import CLAMPED_HEADER, RouteContext, build_context, cached_tokens_of, on_reported, on_routed
 from server.router.upstream import Response as UpstreamResponse
 from server.router.upstream import UpstreamIOError
 
@@ -69,7 +70,7 @@ class Exchange:
 
     __slots__ = ("router", "request_id", "key_id", "model", "stream", "started", "usage", "node", "resp",
                  "attempts", "status", "error", "prompt_tokens", "completion_tokens", "estimated",
-                 "ttft_ms", "prompt", "_done")
+                 "ttft_ms", "prompt", "route", "_done")
 
     def __init__(self, router: Router, request_id: str, key_id: str, model: str, stream: bool,
                  prompt_tokens: int, prompt: Any):
@@ -90,6 +91,7 @@ class Exchange:
         self.estimated = True
         self.ttft_ms: float | None = None
         self.prompt = prompt
+        self.route: RouteContext | None = None
         self._done = False
 
     def take_usage(self, usage: dict[str, Any] | None) -> None:
@@ -97,6 +99,8 @@ class Exchange:
             self.prompt_tokens = int(usage.get("prompt_tokens") or self.prompt_tokens)
             self.completion_tokens = int(usage.get("completion_tokens") or 0)
             self.estimated = False
+            if self.route is not None:
+                self.route.reported_cached_tokens = cached_tokens_of(usage)
 
     async def finish(self) -> None:
         if self._done:
@@ -115,6 +119,9 @@ class Exchange:
             r.limiter.release(self.usage, now, self.prompt_tokens, self.completion_tokens, ok)
         node = self.node.name if self.node else "-"
         r.metrics.observe(node, self.status, now - self.started)
+        route = self.route
+        if route is not None and ok:
+            on_reported(r.index, route, r.metrics, node)
         if r.audit.enabled:
             r.audit.write({
                 "request_id": self.request_id, "key_id": self.key_id, "model": self.model, "node": node,
@@ -124,6 +131,10 @@ class Exchange:
                 "tokens_estimated": self.estimated,
                 "ttft_ms": None if self.ttft_ms is None else round(self.ttft_ms, 2),
                 "latency_ms": round((now - self.started) * 1000.0, 2),
+                **({} if route is None else {
+                    "session": route.info.session, "priority": route.info.priority,
+                    "predicted_cached_tokens": route.predicted_blocks * r.index.block_tokens,
+                    "cached_tokens": route.reported_cached_tokens}),
             }, prompt=self.prompt)
 
 
@@ -235,7 +246,9 @@ async def handle(router: Router, scope: Scope, receive: Receive, send: Send,
         max_tokens = (req.requested_max_tokens() if isinstance(req, ChatCompletionRequest) else req.max_tokens) \
             or router.settings.default_max_tokens
         prompt = _prompt_of(raw) if router.audit.log_prompts else None
+        route = build_context(req, raw, headers, router.settings.limits.get(key_id), prompt_tokens, max_tokens)
         ex = Exchange(router, new_request_id(), key_id, req.model, req.stream, prompt_tokens, prompt)
+        ex.route = route
         try:
             ex.usage = router.limiter.acquire(key_id, ex.started)
         except Limited as lim:
@@ -243,15 +256,18 @@ async def handle(router: Router, scope: Scope, receive: Receive, send: Send,
             raise RateLimited(f"Rate limit exceeded for this key ({lim.what}).",
                               headers={"Retry-After": str(lim.retry_after)}) from None
         zone, pin = headers.get(b"x-edgefleet-zone"), headers.get(b"x-edgefleet-node")
-        ranked = router.candidates(req.model, prompt_tokens, max_tokens,
+        ranked = router.candidates(req.model, route.info,
                                    zone=zone.decode("latin-1") if zone else None,
                                    pin=pin.decode("latin-1") if pin else None)
         watch = _Watch(receive)
         # Awaited in this task, not a new one: open_upstream counts its dispatch before this
         # request yields, so a burst is never ranked against counts missing its own members.
-        ex.node, ex.resp = await router.open_upstream(scope["path"], raw, ranked, ex.request_id, ex.attempts,
-                                                      stream=req.stream)
+        ex.node, ex.resp = await router.open_upstream(scope["path"], route.body, ranked, ex.request_id,
+                                                      ex.attempts, stream=req.stream)
         opened = True
+        if ex.resp.status == 200:
+            cap = ex.node.capacity
+            on_routed(router.index, route, ex.node.url, cap.load.kv_total_tokens if cap else None)
     except asyncio.CancelledError:
         _mark(ex, 499, "client_disconnected")
         if not _client_gone(watch):
@@ -286,6 +302,8 @@ async def handle(router: Router, scope: Scope, receive: Receive, send: Send,
     ex.status = ex.resp.status
     head = [(b"content-type", ex.resp.headers.get("content-type", "application/json").encode("latin-1")),
             (b"x-edgefleet-node", ex.node.name.encode()), (b"x-request-id", ex.request_id.encode())]
+    if route.clamped is not None:
+        head.append((CLAMPED_HEADER, str(route.clamped).encode()))
     if "retry-after" in ex.resp.headers:
         head.append((b"retry-after", ex.resp.headers["retry-after"].encode("latin-1")))
     if req.stream and ex.status == 200:

@@ -67,6 +67,8 @@ class Node:
     # The router's own accounting, so a burst between two polls does not herd onto one node.
     inflight: int = 0
     dispatched_since_poll: int = 0
+    dispatched_prefill_tokens: int = 0  # uncached prompt tokens sent since the poll
+    lane_free: float = 0.0  # monotonic time the prefills the router sent since the poll should end
     completed_since_poll: int = 0
     requests: int = 0
     failures: int = 0
@@ -95,25 +97,29 @@ class Node:
         return (self.capacity is not None and self.capacity.state == "ready"
                 and self.breaker.allows_requests(now))
 
-    def on_dispatch(self) -> None:
+    def on_dispatch(self, prefill_tokens: int = 0, prefill_done_at: float = 0.0) -> None:
+        self.lane_free = max(self.lane_free, prefill_done_at)
         self.inflight += 1
         self.dispatched_since_poll += 1
+        self.dispatched_prefill_tokens += prefill_tokens
         self.requests += 1
 
     def on_done(self) -> None:
         self.inflight = max(0, self.inflight - 1)
         self.completed_since_poll += 1
 
-    def record_failure(self, outcome: FailureOutcome, now: float | None = None) -> None:
+    def record_failure(self, outcome: FailureOutcome, now: float | None = None) -> bool:
         """The one place a failed request is booked against this node: the failure count,
-        ``last_error``, and the breaker (a timeout counts, a hard failure trips)."""
+        ``last_error``, and the breaker (a timeout counts, a hard failure trips). True when
+        the breaker was tripped outright."""
         now = time.monotonic() if now is None else now
         self.failures += 1
         self.last_error = outcome
         if outcome in TIMEOUT_OUTCOMES:
             self.breaker.record_failure(now)
-        else:
-            self.breaker.trip(now)
+            return False
+        self.breaker.trip(now)
+        return True
 
     def on_poll(self, capacity: Capacity, rtt_ms: float, now: float) -> None:
         self.capacity = capacity
@@ -123,6 +129,8 @@ class Node:
         self.rtt_samples.append(rtt_ms)
         self.rtt_ms = min(self.rtt_samples)
         self.dispatched_since_poll = 0
+        self.dispatched_prefill_tokens = 0
+        self.lane_free = 0.0
         self.completed_since_poll = 0
         self.last_error = None
         ident = capacity.identity

@@ -18,8 +18,10 @@ from starlette.routing import Route
 from server.edge.errors import NotFound
 from server.edge.protocol import ChatCompletionRequest, CompletionRequest
 from server.router.core import Router
-from server.router.policy import estimate
-from server.router.proxy import ProxyEndpoint
+from server.edge.media import require_json
+from server.router.policy import RequestInfo, estimate
+from server.router.proxy import ProxyEndpoint, estimate_prompt_tokens, parse_body
+from server.router.session import build_context, pick_info
 
 PROXY_ROUTES = {"/v1/chat/completions": ChatCompletionRequest, "/v1/completions": CompletionRequest}
 
@@ -62,12 +64,14 @@ def fleet_view(router: Router) -> dict[str, Any]:
             "score": "predicted TTFT in ms for a 512-token prompt", "nodes": nodes, "models": models_view(router)}
 
 
-def pick_view(router: Router, model: str, prompt_tokens: int, max_tokens: int) -> dict[str, Any]:
-    ranked = router.candidates(model, prompt_tokens, max_tokens)
+def pick_view(router: Router, model: str, info: RequestInfo) -> dict[str, Any]:
+    ranked = router.candidates(model, info)
     best = ranked[0]
     return {"node": best.node.name, "base_url": best.node.url + "/v1", "predicted_ttft_ms": round(best.ttft_ms, 2),
-            "policy": router.policy.name, "reason": best.reason(),
-            "alternatives": [{"node": e.node.name, "predicted_ttft_ms": round(e.ttft_ms, 2)} for e in ranked[1:]]}
+            "predicted_cached_tokens": router.predicted_cached(best.node, info), "prompt_tokens": info.prompt_tokens,
+            "session": info.session, "priority": info.priority, "policy": router.policy.name, "reason": best.reason(),
+            "alternatives": [{"node": e.node.name, "predicted_ttft_ms": round(e.ttft_ms, 2),
+                              "predicted_cached_tokens": router.predicted_cached(e.node, info)} for e in ranked[1:]]}
 
 
 # --- routes -------------------------------------------------------------------------------
@@ -86,8 +90,23 @@ async def fleet(router: Fleet) -> dict[str, Any]:
 
 @routes.get("/v1/fleet/pick")
 async def pick(router: Fleet, model: str, prompt_tokens: Annotated[int, Query(ge=1, le=10_000_000)] = 512,
-               max_tokens: Annotated[int, Query(ge=1, le=10_000_000)] = 256) -> dict[str, Any]:
-    return pick_view(router, model, prompt_tokens, max_tokens)
+               max_tokens: Annotated[int, Query(ge=1, le=10_000_000)] = 256,
+               session: Annotated[str | None, Query(max_length=256)] = None,
+               priority: int | None = None) -> dict[str, Any]:
+    return pick_view(router, model, pick_info(model, prompt_tokens, max_tokens, session=session, priority=priority))
+
+
+@routes.post("/v1/fleet/pick")
+async def pick_for(router: Fleet, request: Request) -> dict[str, Any]:
+    """The pick for a whole chat request (messages, tools, session header, priority): what
+    the proxy would do with it, without sending it."""
+    require_json(request.headers.get("content-type"))
+    raw = await request.body()
+    req = parse_body(raw, ChatCompletionRequest)
+    key_id = request.scope.get("state", {}).get("key_id", "anonymous")
+    ctx = build_context(req, raw, dict(request.scope["headers"]), router.settings.limits.get(key_id),
+                        estimate_prompt_tokens(req), req.requested_max_tokens() or router.settings.default_max_tokens)
+    return pick_view(router, req.model, ctx.info)
 
 
 @routes.get("/v1/fleet/nodes/{name}")
