@@ -11,6 +11,7 @@ from typing import Any
 import click
 
 from server.config import is_loopback
+from server.transport import limits_from, transport_options
 
 log = logging.getLogger("edgefleet.router")
 
@@ -66,6 +67,7 @@ def _hash_key(ctx: click.Context, _p: click.Parameter, value: bool) -> None:
 @opt("--allowed-host", "allowed_hosts", multiple=True, help="Extra Host header values accepted.")
 @opt("--allowed-origin", "allowed_origins", multiple=True, help="Extra browser Origins accepted.")
 @opt("--max-body-bytes", type=int, default=4 << 20, show_default=True)
+@transport_options(opt)
 @opt("--seed", type=int, default=None, help="Seed for random tie-breaking (experiments).")
 @opt("--log-level", default="info", show_default=True)
 def route(**kw: Any) -> None:
@@ -73,7 +75,9 @@ def route(**kw: Any) -> None:
     import uvicorn
 
     from server.router.app import create_app
+    from server.transport import server_config
 
+    limits = limits_from(kw)
     settings = build_settings(kw)
     logging.basicConfig(level=kw["log_level"].upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per upstream call is noise
@@ -93,8 +97,9 @@ def route(**kw: Any) -> None:
     gc.freeze()
     # No X-Forwarded-* rewriting: nothing in the router reads the client address, and the
     # middleware would run on every proxied request.
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level=kw["log_level"].lower(),
-                access_log=False, proxy_headers=False, timeout_graceful_shutdown=5)
+    config = server_config(app, host=settings.host, port=settings.port, limits=limits,
+                           log_level=kw["log_level"].lower(), proxy_headers=False, timeout_graceful_shutdown=5)
+    uvicorn.Server(config).run()
 
 
 def build_settings(kw: dict[str, Any]):
