@@ -67,6 +67,8 @@ def _hash_key(ctx: click.Context, _p: click.Parameter, value: bool) -> None:
 @opt("--allowed-host", "allowed_hosts", multiple=True, help="Extra Host header values accepted.")
 @opt("--allowed-origin", "allowed_origins", multiple=True, help="Extra browser Origins accepted.")
 @opt("--max-body-bytes", type=int, default=4 << 20, show_default=True)
+@opt("--max-response-bytes", type=click.IntRange(min=1), default=64 << 20, show_default=True,
+     help="Largest response body accepted from a node (streamed or whole); past it the client gets an error.")
 @transport_options(opt)
 @opt("--seed", type=int, default=None, help="Seed for random tie-breaking (experiments).")
 @opt("--log-level", default="info", show_default=True)
@@ -142,7 +144,8 @@ def build_settings(kw: dict[str, Any]):
             discovered_node_key=discovered_key,
             host=kw["host"], port=kw["port"], keys=KeyStore(keys), limits=limits,
             allowed_hosts=tuple(kw["allowed_hosts"]), allowed_origins=tuple(kw["allowed_origins"]),
-            max_body_bytes=kw["max_body_bytes"], audit_log=kw["audit_log"], log_prompts=kw["log_prompts"],
+            max_body_bytes=kw["max_body_bytes"], max_response_bytes=kw.get("max_response_bytes", 64 << 20),
+            audit_log=kw["audit_log"], log_prompts=kw["log_prompts"],
         )
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None

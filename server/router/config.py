@@ -113,6 +113,7 @@ class RouterSettings:
     allowed_hosts: tuple[str, ...] = ()
     allowed_origins: tuple[str, ...] = ()
     max_body_bytes: int = 4 << 20
+    max_response_bytes: int = 64 << 20  # a node's response body (server/router/upstream.py)
     audit_log: str | None = None
     log_prompts: bool = False
     default_max_tokens: int = 256  # for scoring when a request sets none

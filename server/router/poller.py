@@ -20,6 +20,7 @@ from server.router.upstream import ConnectFailed, ConnectTimeout, UpstreamIOErro
 log = logging.getLogger("edgefleet.router.poller")
 
 CAPACITY_PATH = f"/v1/capacity?prompt_tokens={REF_PROMPT_TOKENS}&max_tokens={REF_MAX_TOKENS}"
+CAPACITY_MAX_BYTES = 1 << 20  # a capacity document is a few KiB
 
 
 async def poll_node(pool: UpstreamPool, node: Node, timeout: float, registry: Registry | None = None) -> bool:
@@ -27,7 +28,7 @@ async def poll_node(pool: UpstreamPool, node: Node, timeout: float, registry: Re
     try:
         async with asyncio.timeout(timeout):
             resp = await pool.request(node.url, CAPACITY_PATH, b"", node.auth_headers, method="GET",
-                                      connect_timeout=timeout, head_timeout=None)
+                                      connect_timeout=timeout, head_timeout=None, max_body=CAPACITY_MAX_BYTES)
             try:
                 body = await resp.read()
             finally:

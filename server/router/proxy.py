@@ -27,7 +27,7 @@ from server.router.core import Attempt, Router, UpstreamError, new_request_id
 from server.router.limits import KeyUsage, Limited
 from server.router.registry import Node
 from server.router.upstream import Response as UpstreamResponse
-from server.router.upstream import UpstreamIOError
+from server.router.upstream import ResponseTooLarge, UpstreamIOError
 
 CHARS_PER_TOKEN = 4  # prompt-length estimate for scoring; the node counts exactly
 
@@ -323,11 +323,12 @@ async def _relay(ex: Exchange, watch: _Watch, send: Send, head: list[tuple[bytes
                 ex.error = "upstream_timeout"
             else:
                 ex.node.breaker.trip(now)  # it died mid-stream: no more traffic until it recovers
-                ex.error = "upstream_disconnected"
+                ex.error = "upstream_response_too_large" if isinstance(exc, ResponseTooLarge) else "upstream_disconnected"
             ex.node.failures += 1
             ex.node.last_error = ex.error
             await send({"type": "http.response.body", "more_body": True,
-                        "body": _error_event(ex.error, "The node failed mid-stream; the response is incomplete.")})
+                        "body": _error_event(ex.error, f"{exc} The response is incomplete." if isinstance(
+                            exc, ResponseTooLarge) else "The node failed mid-stream; the response is incomplete.")})
         watch.disarm()
         await send({"type": "http.response.body", "body": b"", "more_body": False})
         ex.completion_tokens = events
@@ -358,13 +359,13 @@ async def _whole(ex: Exchange, watch: _Watch, scope: Scope, receive: Receive, se
         if not gone:
             raise
         return
-    except (UpstreamIOError, TimeoutError):
+    except (UpstreamIOError, TimeoutError) as exc:
         watch.disarm()
         ex.node.breaker.trip(time.monotonic())
         ex.status, ex.error = 502, "upstream_error"
         await ex.finish()
         await _send_error(scope, receive, send, UpstreamError(
-            "The node failed before completing the response.",
+            str(exc) if isinstance(exc, ResponseTooLarge) else "The node failed before completing the response.",
             headers={"x-edgefleet-node": ex.node.name, "X-Request-Id": ex.request_id}))
         return
     watch.disarm()
