@@ -164,6 +164,10 @@ def run_node(settings: NodeSettings) -> int:
 
     api_key = settings.api_key.get_secret_value() if settings.api_key else None
     app = build_app(runtime, api_key=api_key, on_fatal=on_fatal)
+    if api_key:  # answer a router's mDNS admission challenge (server/fleet_proof.py)
+        from server.fleet_proof import NodeProof
+
+        app = NodeProof(app, api_key, runtime.node_id)
     limits = TransportLimits(header_timeout=settings.header_timeout, body_timeout=settings.body_timeout,
                              max_connections=settings.max_connections or None)
     config = server_config(app, host=settings.host, port=settings.port, limits=limits, log_level="warning",

@@ -45,6 +45,9 @@ def _hash_key(ctx: click.Context, _p: click.Parameter, value: bool) -> None:
 @opt("--discover-interface", "discover_interfaces", multiple=True, help="Interface address for mDNS (repeatable).")
 @opt("--discovered-node-key-file", type=click.Path(dir_okay=False), default=None,
      help="File with the key the router presents to nodes found over mDNS (nodes that share one --api-key).")
+@opt("--discovery-allow-network", "discovery_allow_networks", multiple=True,
+     help="CIDR that discovered nodes may be in (repeatable). Default: any but loopback and link-local. Without "
+     "--discovered-node-key-file only nodes in these networks are admitted.")
 @opt("--host", default="127.0.0.1", show_default=True, help="Bind address. Non-loopback needs a key or --insecure.")
 @opt("--port", type=int, default=8080, show_default=True)
 @opt("--api-key", default=None, help="A client key the router accepts (id 'default'); more in the fleet file.")
@@ -125,6 +128,7 @@ def build_settings(kw: dict[str, Any]):
     key = kw["api_key"] or (read_key_file(kw["api_key_file"]) if kw["api_key_file"] else None)
     if key:
         keys.append(ApiKey("default", hash_key(key)))
+    _check_networks(tuple(kw.get("discovery_allow_networks", ())))
     discover = kw["discover"] if kw["discover"] is not None else router_opts.get("discover", not specs)
     try:
         discovered_key = read_key_file(kw["discovered_node_key_file"]) if kw["discovered_node_key_file"] else None
@@ -142,6 +146,7 @@ def build_settings(kw: dict[str, Any]):
             open_s=kw["open_seconds"], discover=bool(discover),
             discover_interfaces=list(kw["discover_interfaces"]) or None,
             discovered_node_key=discovered_key,
+            discovery_allow_networks=tuple(kw.get("discovery_allow_networks", ())),
             host=kw["host"], port=kw["port"], keys=KeyStore(keys), limits=limits,
             allowed_hosts=tuple(kw["allowed_hosts"]), allowed_origins=tuple(kw["allowed_origins"]),
             max_body_bytes=kw["max_body_bytes"], max_response_bytes=kw.get("max_response_bytes", 64 << 20),
@@ -149,6 +154,15 @@ def build_settings(kw: dict[str, Any]):
         )
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
+
+
+def _check_networks(values: tuple[str, ...]) -> None:
+    from server.router.trust import parse_networks
+
+    try:
+        parse_networks(values)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--discovery-allow-network") from None
 
 
 @click.command()

@@ -106,6 +106,7 @@ class RouterSettings:
     discover: bool = False
     discover_interfaces: list[str] | None = None
     discovered_node_key: str | None = field(default=None, repr=False)  # presented to nodes found over mDNS
+    discovery_allow_networks: tuple[str, ...] = ()  # CIDRs discovered nodes may be in (server/router/trust.py)
     host: str = "127.0.0.1"
     port: int = 8080
     keys: KeyStore = field(default_factory=KeyStore)

@@ -15,6 +15,7 @@ from pydantic import ValidationError
 from server.capacity.schema import Capacity
 from server.router.policy import REF_MAX_TOKENS, REF_PROMPT_TOKENS
 from server.router.registry import Node, Registry
+from server.router.trust import bound_capacity
 from server.router.upstream import ConnectFailed, ConnectTimeout, UpstreamIOError, UpstreamPool
 
 log = logging.getLogger("edgefleet.router.poller")
@@ -36,7 +37,7 @@ async def poll_node(pool: UpstreamPool, node: Node, timeout: float, registry: Re
         rtt_ms = (time.monotonic() - start) * 1000.0
         if resp.status != 200:
             raise RuntimeError(f"capacity answered HTTP {resp.status}")
-        capacity = Capacity.model_validate_json(body)
+        capacity = bound_capacity(Capacity.model_validate_json(body))  # G3: no absurd figure reaches policy
     except (UpstreamIOError, TimeoutError, RuntimeError, ValidationError, ValueError) as exc:
         now = time.monotonic()
         was = node.breaker.poll_state(now)
