@@ -113,6 +113,13 @@ def build_settings(kw: dict[str, Any]):
     from server.router.config import RouterSettings, keys_from_fleet, load_fleet
     from server.router.registry import NodeSpec
 
+    from server.router.registry import normalize_url
+
+    for u in kw["nodes"]:
+        try:
+            normalize_url(u)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--node") from None
     specs = [NodeSpec(url=u) for u in kw["nodes"]]
     keys: list[ApiKey] = []
     limits = {}

@@ -37,7 +37,7 @@ from server.router.registry import NodeSpec, normalize_url
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", hide_input_in_errors=True)  # errors never echo keys or URLs
 
 
 class FleetNode(_Strict):
