@@ -139,7 +139,9 @@ class LimitedHttpProtocol(HttpToolsProtocol):
     def __init__(self, *args: Any, **kw: Any) -> None:
         super().__init__(*args, **kw)
         self.limit_concurrency = None  # the cap is checked here, with an envelope
-        self._in_head = True
+        self._in_head = True  # the parser is between requests or inside a head
+        self._head_open = False  # a head has begun and is not complete
+        self._body_open = False  # a head is complete and its body is not
         self._head_bytes = 0
         self._header_count = 0
         self._refused = False
@@ -182,6 +184,13 @@ class LimitedHttpProtocol(HttpToolsProtocol):
                 self.parser.feed_data(piece)
                 if self.transport.is_closing():
                     return
+            # Deadlines are armed only for what this read left incomplete: a request that
+            # arrives in one read (the usual case) costs no timer at all.
+            if self._head_open and self._head_timer is None:
+                self._arm_head()
+            elif self._body_open and self._body_timer is None:
+                self._last_body = self.loop.time()
+                self._body_timer = self.loop.call_later(self.limits.body_timeout, self._check_body)
         except _Refused:
             self._refuse(431, "Request Header Fields Too Large", "The request head is too large (at most "
                          f"{limit} bytes and {self.limits.max_headers} headers).", "request_header_fields_too_large")
@@ -202,10 +211,8 @@ class LimitedHttpProtocol(HttpToolsProtocol):
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
-        self._in_head = True
+        self._in_head = self._head_open = True
         self._header_count = 0
-        if self._head_timer is None:
-            self._arm_head()
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self._header_count += 1
@@ -215,7 +222,8 @@ class LimitedHttpProtocol(HttpToolsProtocol):
         super().on_header(name, value)
 
     def on_headers_complete(self) -> None:
-        self._in_head = False
+        self._in_head = self._head_open = False
+        self._body_open = True
         self._head_bytes = 0
         if self._head_timer is not None:
             self._head_timer.cancel()
@@ -225,15 +233,16 @@ class LimitedHttpProtocol(HttpToolsProtocol):
             self.logger.warning("connection cap of %d reached: answering 503", cap)
             self.app = _too_many_connections(cap)  # this connection only; it closes after the answer
         super().on_headers_complete()
-        self._last_body = self.loop.time()
-        if self._body_timer is None:
-            self._body_timer = self.loop.call_later(self.limits.body_timeout, self._check_body)
 
     def on_body(self, body: bytes) -> None:
-        self._last_body = self.loop.time()
+        if self._body_timer is not None:
+            self._last_body = self.loop.time()
         super().on_body(body)
 
     def on_message_complete(self) -> None:
+        self._body_open = False
+        self._in_head = True  # whatever comes next on this connection is a head: count it
+        self._head_bytes = 0
         if self._body_timer is not None:
             self._body_timer.cancel()
             self._body_timer = None

@@ -142,12 +142,16 @@ def _read_response(s: socket.socket) -> bytes:
     return head + b"\r\n\r\n" + rest
 
 
-def _send_big_head(server: Proc, head: bytes) -> tuple[bytes, float, int]:
-    """Send ``head`` (a request that never ends its head) while reading; the answer, the
-    seconds until the server closed, and the server's peak RSS growth in KiB meanwhile."""
+def _send_big_head(server: Proc, head: bytes, first: bytes = b"") -> tuple[bytes, float, int]:
+    """Send ``head`` (after ``first``, a whole request answered on the same connection) while
+    reading; the answer, the seconds until the server closed, and the server's peak RSS
+    growth in KiB meanwhile."""
+    s = socket.create_connection(addr(server))
+    if first:
+        s.sendall(first)
+        assert status_of(_read_response(s)) == 200
     reset_peak_rss(server.pid)
     before = rss_kib(server.pid)
-    s = socket.create_connection(addr(server))
     start = time.monotonic()
     err: list[BaseException] = []
 
@@ -171,6 +175,14 @@ def test_huge_header_refused_while_parsing_with_memory_bounded(server):
     if data:
         assert envelope(data)["code"] == "request_header_fields_too_large"
     assert took < 3.0
+    assert grew_kib < 4096, f"server grew {grew_kib} KiB for one 16 MiB header"
+
+
+def test_a_huge_header_on_a_kept_alive_connection_is_bounded_too(server):
+    get = b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+    data, took, grew_kib = _send_big_head(server, b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Big: "
+                                          + b"a" * (16 << 20) + b"\r\n\r\n", first=get)
+    assert status_of(data) in (431, None) and took < 3.0
     assert grew_kib < 4096, f"server grew {grew_kib} KiB for one 16 MiB header"
 
 
