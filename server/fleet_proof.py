@@ -71,4 +71,4 @@ class NodeProof:
         await self.app(scope, receive, send_with_proof)
 
 
-__all__ = ["CHALLENGE_HEADER", "CHALLENGE_PATH", "NODE_ID_HEADER", "NodeProof", "PROOF_HEADER", "proof"]
+__all__ = ["CHALLENGE_HEADER", "CHALLENGE_PATH", "NODE_ID_HEADER", "PROOF_HEADER", "NodeProof", "proof"]

@@ -111,9 +111,7 @@ def build_settings(kw: dict[str, Any]):
     from server.api.security import ApiKey, KeyStore, hash_key
     from server.config import read_key_file
     from server.router.config import RouterSettings, keys_from_fleet, load_fleet
-    from server.router.registry import NodeSpec
-
-    from server.router.registry import normalize_url
+    from server.router.registry import NodeSpec, normalize_url
 
     for u in kw["nodes"]:
         try:

@@ -22,6 +22,7 @@ prefill rate or a negative wait.
 
 from __future__ import annotations
 
+import hmac
 import ipaddress
 import logging
 import math
@@ -89,8 +90,6 @@ async def challenge(pool: UpstreamPool, url: str, key: str, announced_id: str | 
         return "no proof of the node key in the answer"
     if announced_id and node_id != announced_id:
         return f"node id {node_id!r} does not match the announced {announced_id!r}"
-    import hmac
-
     if not hmac.compare_digest(got, proof(key, nonce, node_id, parts.hostname or "", port)):
         return "wrong proof of the node key"
     return None

@@ -29,54 +29,18 @@ import asyncio
 import ssl
 from collections import deque
 from collections.abc import Iterator
-from urllib.parse import urlsplit
 
 import httptools
+
+from server.router.upstream_wire import (BadResponse, ConnectFailed, ConnectTimeout, Disconnected, Origin,
+                                         ResponseTooLarge, UpstreamIOError)
+from server.router.upstream_wire import encode_request as _encode
 
 HIGH_WATER = 256 * 1024
 LOW_WATER = 64 * 1024
 MAX_HEAD_BYTES = 64 * 1024  # a node's status line and headers
 MAX_HEADERS = 100
 MAX_BODY_BYTES = 64 << 20  # a node's response body, streamed or whole
-
-
-class UpstreamIOError(Exception):
-    """The node's connection failed; the subclass says when."""
-
-
-class ConnectFailed(UpstreamIOError):
-    pass
-
-
-class ConnectTimeout(UpstreamIOError):
-    pass
-
-
-class Disconnected(UpstreamIOError):
-    """The node closed the connection before the response was complete."""
-
-
-class BadResponse(UpstreamIOError):
-    """The node sent something that is not HTTP/1.1."""
-
-
-class ResponseTooLarge(BadResponse):
-    """The node's response head or body went past the pool's caps."""
-
-
-class Origin:
-    """Where a node's requests go: scheme, host, port and the URL's path prefix."""
-
-    __slots__ = ("host", "port", "tls", "prefix", "host_header", "key")
-
-    def __init__(self, url: str):
-        parts = urlsplit(url)
-        self.tls = parts.scheme == "https"
-        self.host = parts.hostname or ""
-        self.port = parts.port or (443 if self.tls else 80)
-        self.prefix = parts.path.rstrip("/").encode()
-        self.host_header = parts.netloc.encode()
-        self.key = (self.tls, self.host, self.port)
 
 
 class _Conn(asyncio.Protocol):
@@ -150,9 +114,9 @@ class Response:
     """One node response. ``status`` and ``headers`` (lower-case names) are set once
     :meth:`UpstreamPool.request` returns."""
 
-    __slots__ = ("conn", "pool", "origin", "parser", "status", "headers", "keep_alive", "until_close", "eof", "got_bytes",
-                 "head_bytes", "body_bytes", "max_body", "_raw_headers", "_head", "_chunks", "_buffered", "_exc", "_waiter", "_paused", "_released", "_timer",
-                 "_wait_since")
+    __slots__ = ("conn", "pool", "origin", "parser", "status", "headers", "keep_alive", "until_close", "eof",
+                 "got_bytes", "head_bytes", "body_bytes", "max_body", "_raw_headers", "_head", "_chunks", "_buffered",
+                 "_exc", "_waiter", "_paused", "_released", "_timer", "_wait_since")
 
     def __init__(self, conn: _Conn, pool: UpstreamPool, origin: Origin, loop: asyncio.AbstractEventLoop,
                  max_body: int | None = None):
@@ -424,18 +388,6 @@ class UpstreamPool:
             for conn in idle:
                 conn.close()
         self._idle.clear()
-
-
-def _encode(method: str, origin: Origin, path: str, body: bytes, headers: dict[str, str]) -> bytes:
-    lines = [method.encode(), b" ", origin.prefix, path.encode(), b" HTTP/1.1\r\nhost: ", origin.host_header, b"\r\n"]
-    if body or method not in ("GET", "HEAD"):
-        lines += [b"content-length: ", str(len(body)).encode(), b"\r\n"]
-    for name, value in headers.items():
-        if "\r" in value or "\n" in value or "\r" in name or "\n" in name:
-            raise ValueError(f"header {name!r} contains a line break")
-        lines += [name.encode("latin-1"), b": ", value.encode("latin-1"), b"\r\n"]
-    lines += [b"\r\n", body]
-    return b"".join(lines)
 
 
 __all__ = ["BadResponse", "ConnectFailed", "ConnectTimeout", "Disconnected", "Origin", "Response", "ResponseTooLarge",
