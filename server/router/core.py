@@ -89,6 +89,9 @@ class Router:
 
             self.browser = NodeBrowser(self._discovered, self._vanished, interfaces=s.discover_interfaces)
             await self.browser.start()
+            if not s.discovered_node_key and not self._allowed_networks:
+                log.warning("mDNS discovery is on but can admit no node: give --discovered-node-key-file (nodes "
+                            "prove they hold it) or --discovery-allow-network CIDR (docs/deploy.md, Trust model)")
 
     async def stop(self) -> None:
         if self.browser is not None:
