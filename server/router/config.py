@@ -39,7 +39,7 @@ from server.router.registry import NodeSpec, normalize_url
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", hide_input_in_errors=True)  # errors never echo keys or URLs
 
 
 class FleetNode(_Strict):
@@ -110,6 +110,7 @@ class RouterSettings:
     discover: bool = False
     discover_interfaces: list[str] | None = None
     discovered_node_key: str | None = field(default=None, repr=False)  # presented to nodes found over mDNS
+    discovery_allow_networks: tuple[str, ...] = ()  # CIDRs discovered nodes may be in (server/router/trust.py)
     host: str = "127.0.0.1"
     port: int = 8080
     keys: KeyStore = field(default_factory=KeyStore)
@@ -117,6 +118,7 @@ class RouterSettings:
     allowed_hosts: tuple[str, ...] = ()
     allowed_origins: tuple[str, ...] = ()
     max_body_bytes: int = 4 << 20
+    max_response_bytes: int = 64 << 20  # a node's response body (server/router/upstream.py)
     audit_log: str | None = None
     log_prompts: bool = False
     default_max_tokens: int = 256  # for scoring when a request sets none

@@ -8,6 +8,7 @@ before the first byte).
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import logging
 import secrets
@@ -28,6 +29,7 @@ from server.router.upstream import ConnectTimeout, Response, UpstreamIOError, Up
 log = logging.getLogger("edgefleet.router")
 
 RETRY_STATUSES = frozenset({429, 503})
+ADMIT_RETRY_S = (0.2, 0.5, 1, 2, 4, 8, 15, 30, 0)  # waits between admission challenges to an unreachable node
 
 
 @dataclass(slots=True)
@@ -50,6 +52,10 @@ class Router:
         self.upstream: UpstreamPool | None = None  # proxied requests (the hot path) and capacity polls
         self.poller: Poller | None = None
         self.browser = None  # server.router.discovery.NodeBrowser when --discover
+        self._admitting: dict[str, asyncio.Task[None]] = {}  # announced URL -> its admission check
+        from server.router.trust import parse_networks
+
+        self._allowed_networks = parse_networks(settings.discovery_allow_networks)
 
     # --- lifecycle -------------------------------------------------------------------
 
@@ -58,7 +64,7 @@ class Router:
         # The nodes' own pool: lean keep-alive HTTP/1.1 (server/router/upstream.py), because
         # every agent call crosses it and aiohttp alone cost more than the router's 1 ms goal.
         # It never goes through an environment proxy.
-        self.upstream = UpstreamPool(read_timeout=s.read_timeout)
+        self.upstream = UpstreamPool(read_timeout=s.read_timeout, max_body_bytes=s.max_response_bytes)
         self.poller = Poller(self.registry, self.upstream, s.poll_interval)
         await self.poller.poll_once()  # know the fleet before the first request
         self.poller.start()
@@ -67,10 +73,15 @@ class Router:
 
             self.browser = NodeBrowser(self._discovered, self._vanished, interfaces=s.discover_interfaces)
             await self.browser.start()
+            if not s.discovered_node_key and not self._allowed_networks:
+                log.warning("mDNS discovery is on but can admit no node: give --discovered-node-key-file (nodes "
+                            "prove they hold it) or --discovery-allow-network CIDR (docs/deploy.md, Trust model)")
 
     async def stop(self) -> None:
         if self.browser is not None:
             await self.browser.stop()
+        for task in list(self._admitting.values()):
+            task.cancel()
         if self.poller is not None:
             await self.poller.stop()
         if self.upstream is not None:
@@ -78,12 +89,47 @@ class Router:
         self.audit.close()
 
     def _discovered(self, spec: NodeSpec) -> None:
-        if spec.api_key is None and self.settings.discovered_node_key:
-            spec.api_key = self.settings.discovered_node_key  # an announcement never carries a key
+        """An announcement: admitted only once it passes server/router/trust.py (G1, G2)."""
+        if self.registry.find(spec.url) is not None or spec.url in self._admitting:
+            return
+        task = asyncio.ensure_future(self._admit(spec))
+        self._admitting[spec.url] = task
+        task.add_done_callback(
+            lambda t, url=spec.url: self._admitting.pop(url) if self._admitting.get(url) is t else None)
+
+    async def _admit(self, spec: NodeSpec) -> None:
+        from server.router import trust
+
+        s = self.settings
+        why = trust.address_refusal(spec.url, self._allowed_networks)
+        kind = "address"
+        if why is None and s.discovered_node_key:
+            assert self.upstream is not None
+            kind = "proof"
+            for delay in ADMIT_RETRY_S:  # until the node listens; cancelled if it says goodbye
+                try:
+                    why = await trust.challenge(self.upstream, spec.url, s.discovered_node_key, spec.node_id,
+                                                timeout=max(2.0, s.connect_timeout))
+                    kind = "proof"
+                    break
+                except trust.Unreachable as exc:
+                    why, kind = str(exc), "unreachable"
+                    await asyncio.sleep(delay)
+        elif why is None and not self._allowed_networks:
+            why = "no --discovered-node-key-file to verify it and no --discovery-allow-network trusts it"
+            kind = "unverifiable"
+        if why is not None:
+            self.metrics.discovery_refused.labels(kind).inc()
+            log.warning("not admitting the node announced at %s: %s", spec.url, why)
+            return
+        spec.api_key = s.discovered_node_key  # only now, after the proof; an announcement never carries one
         node = self.registry.add(spec)
         log.info("discovered node %s at %s", node.name, node.url)
 
     def _vanished(self, url: str) -> None:
+        task = self._admitting.pop(url, None)
+        if task is not None:
+            task.cancel()
         node = self.registry.find(url)
         if node is not None and node.source == "mdns":
             self.registry.remove(url)

@@ -20,6 +20,8 @@ class RouterMetrics:
         self.latency = Histogram("edgefleet_router_request_seconds", "End-to-end latency through the router",
                                  registry=self.registry,
                                  buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60))
+        self.discovery_refused = Counter("edgefleet_router_discovery_refused", "mDNS announcements not admitted",
+                                         ["reason"], registry=self.registry)
         self.node_up = Gauge("edgefleet_router_node_up", "1 if the node takes traffic", ["node"],
                              registry=self.registry)
         self.node_inflight = Gauge("edgefleet_router_node_inflight", "Router requests in flight per node",

@@ -29,7 +29,7 @@ from server.router.limits import KeyUsage, Limited
 from server.router.registry import Node
 from server.router.session import CLAMPED_HEADER, RouteContext, build_context, cached_tokens_of, on_reported, on_routed
 from server.router.upstream import Response as UpstreamResponse
-from server.router.upstream import UpstreamIOError
+from server.router.upstream import ResponseTooLarge, UpstreamIOError
 
 CHARS_PER_TOKEN = 4  # prompt-length estimate for scoring; the node counts exactly
 
@@ -332,10 +332,13 @@ async def _relay(ex: Exchange, watch: _Watch, send: Send, head: list[tuple[bytes
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
         except (UpstreamIOError, TimeoutError) as exc:
             timeout = isinstance(exc, TimeoutError)
-            ex.error = "upstream_timeout" if timeout else "upstream_disconnected"
-            ex.node.record_failure(ex.error)
-            err = (UpstreamTimeout if timeout else UpstreamError)(
-                "The node failed mid-stream; the response is incomplete.", code=ex.error)
+            too_large = isinstance(exc, ResponseTooLarge)
+            outcome = "upstream_timeout" if timeout else "upstream_disconnected"
+            ex.node.record_failure(outcome)
+            ex.error = "upstream_response_too_large" if too_large else outcome
+            message = (f"{exc} The response is incomplete." if too_large
+                       else "The node failed mid-stream; the response is incomplete.")
+            err = (UpstreamTimeout if timeout else UpstreamError)(message, code=ex.error)
             await send({"type": "http.response.body", "more_body": True, "body": _error_event(err)})
         watch.disarm()
         await send({"type": "http.response.body", "body": b"", "more_body": False})
@@ -373,7 +376,7 @@ async def _whole(ex: Exchange, watch: _Watch, scope: Scope, receive: Receive, se
         ex.status, ex.error = 502, "upstream_error"
         await ex.finish()
         await _send_error(send, UpstreamError(
-            "The node failed before completing the response.",
+            str(exc) if isinstance(exc, ResponseTooLarge) else "The node failed before completing the response.",
             headers={"x-edgefleet-node": ex.node.name, "X-Request-Id": ex.request_id}))
         return
     watch.disarm()

@@ -41,6 +41,11 @@ class NodeSpec:
 
 def normalize_url(url: str) -> str:
     parts = urlsplit(url.strip())
+    if parts.username is not None or parts.password is not None:
+        # Never echoed: the URL would land in /v1/fleet, the MCP tools and every log line.
+        shown = f"{parts.scheme}://***@{parts.netloc.rpartition('@')[2]}"
+        raise ValueError(f"node URL must not carry credentials ({shown}): give the node's key as api_key, "
+                         "api_key_env or api_key_file in the fleet file")
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ValueError(f"node URL must be http(s)://host:port, got {url!r}")
     path = parts.path.rstrip("/")
