@@ -1,6 +1,12 @@
 """Routing quality: a heterogeneous sim fleet under Poisson load, one run per policy.
 
     python -m benchmarks.routing_quality --out results/routing_quality [--rate 4 --requests 200]
+    python -m benchmarks.routing_quality --workload agent --chains 32 --rates 0.5 1 2 4 --seeds 0 1 2
+
+``--workload agent`` is the agent-session sweep (benchmarks/agent_routing.py: a discrete-
+event simulation driving the router's real policies and prefix index); it also reruns
+the independent-request workload in the same simulation for nearest_idle vs cache_blind.
+The default, ``independent``, is the process benchmark below.
 
 Nodes differ in prefill speed, decode step time, batch slots and network distance. The
 distance is real: each node sits behind a TCP delay proxy (every byte, both directions,
@@ -33,7 +39,7 @@ from benchmarks.load import arrival_offsets, run_load
 from benchmarks.metrics import is_good, parse_goodput, summarize
 from benchmarks.router_overhead import MODEL, Proc, router, save, sim_node
 
-POLICIES = ("round_robin", "random", "least_loaded", "nearest_idle")
+POLICIES = ("round_robin", "random", "least_loaded", "cache_blind", "cache_aware", "session_sticky", "nearest_idle")
 
 
 @dataclass(frozen=True)
@@ -219,6 +225,76 @@ def markdown(res: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def agent_sweep(args: argparse.Namespace) -> dict:
+    from benchmarks import agent_routing as ar
+
+    out: dict = {"date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "chains": args.chains,
+                 "steps": args.steps, "seeds": args.seeds, "rates": {}, "independent": {},
+                 "fleet": []}
+    fleet = ar.FLEETS[args.fleet]
+    out["fleet_kind"] = args.fleet
+    out["fleet"] = [{"name": s.name, "rtt_ms": s.rtt_ms, "prefill_tokens_per_s": s.prefill_tokens_per_s,
+                     "decode_ms": s.decode_ms, "decode_ms_per_seq": s.decode_ms_per_seq,
+                     "max_num_seqs": s.max_num_seqs, "kv_tokens": s.kv_tokens} for s in fleet]
+    keys = ("chain_p50_s", "chain_p99_s", "ttft_p50_s", "ttft_p99_s", "hit_rate", "goodput_sps")
+    for rate in args.rates:
+        row: dict = {}
+        for policy in [*args.agent_policies, "single_node"]:
+            runs = []
+            for seed in args.seeds:
+                chains = ar.make_chains(args.chains, args.steps, rate, seed)
+                if policy == "single_node":
+                    runs.append(ar.run_agent(ar.single_node(fleet), "round_robin", chains, seed))
+                else:
+                    runs.append(ar.run_agent(fleet, policy, chains, seed))
+            row[policy] = {k: float(np.mean([r[k] for r in runs])) for k in keys}
+            print(f"rate {rate} {policy}: " + ", ".join(f"{k} {row[policy][k]:.2f}" for k in keys), flush=True)
+        out["rates"][rate] = row
+    for rate in args.independent_rates:
+        out["independent"][rate] = {
+            p: {k: float(np.mean([ar.run_independent(fleet, p, args.requests, rate, s)[k] for s in args.seeds]))
+                for k in ("ttft_p50_s", "ttft_p99_s", "e2el_p50_s")} for p in ("cache_blind", "nearest_idle")}
+    return out
+
+
+def agent_goals(row: dict) -> dict:
+    ni, cb, orc = row["nearest_idle"], row["cache_blind"], row["oracle"]
+    best_other = min(row["cache_aware"]["chain_p99_s"], row["session_sticky"]["chain_p99_s"])
+    return {"vs_cache_blind": ni["chain_p99_s"] / cb["chain_p99_s"], "vs_best_cache_router": ni["chain_p99_s"] / best_other,
+            "hit_vs_single": ni["hit_rate"] / row["single_node"]["hit_rate"],
+            "vs_oracle": ni["chain_p99_s"] / orc["chain_p99_s"]}
+
+
+def agent_markdown(res: dict) -> str:
+    lines = [f"Agent sessions ({res['date']}; SIMULATED: discrete-event model of the {res.get('fleet_kind', 'hetero')} 4-node fleet driving the "
+             f"router's real policies and prefix index; {res['chains']} chains x {res['steps']} steps, Poisson chain "
+             f"arrivals; mean of seeds {res['seeds']}; goodput = steps with TTFT <= 2 s per second)", ""]
+    for rate, row in res["rates"].items():
+        lines += [f"**{rate} chains/s**", "",
+                  "| policy | chain p50 s | chain p99 s | step TTFT p50 s | step TTFT p99 s | prefix-hit rate | goodput steps/s |",
+                  "|---|---|---|---|---|---|---|"]
+        for policy, d in row.items():
+            lines.append(f"| {policy} | {d['chain_p50_s']:.1f} | {d['chain_p99_s']:.1f} | {d['ttft_p50_s']:.2f} | "
+                         f"{d['ttft_p99_s']:.2f} | {d['hit_rate']:.2f} | {d['goodput_sps']:.2f} |")
+        g = agent_goals(row)
+        lines += ["", f"nearest_idle p99 chain time: {g['vs_cache_blind']:.2f}x cache_blind (goal <= 0.5), "
+                      f"{g['vs_best_cache_router']:.2f}x best of cache_aware/session_sticky (goal <= 0.8), "
+                      f"{g['vs_oracle']:.2f}x oracle (goal <= 1.1); hit rate {g['hit_vs_single']:.2f}x a single node's "
+                      "(goal >= 0.9)", ""]
+    if res["independent"]:
+        lines += ["Independent requests (the existing workload, same simulation):", "",
+                  "| rate req/s | cache_blind TTFT p50 / p99 s | nearest_idle TTFT p50 / p99 s | p99 ratio |", "|---|---|---|---|"]
+        for rate, d in res["independent"].items():
+            cb, ni = d["cache_blind"], d["nearest_idle"]
+            lines.append(f"| {rate} | {cb['ttft_p50_s']:.2f} / {cb['ttft_p99_s']:.2f} | {ni['ttft_p50_s']:.2f} / "
+                         f"{ni['ttft_p99_s']:.2f} | {ni['ttft_p99_s'] / cb['ttft_p99_s']:.2f}x |")
+    lines += ["", "Fleet: " + "; ".join(
+        f"{n['name']} (RTT {n['rtt_ms']:g} ms, prefill {n['prefill_tokens_per_s']:g} tok/s, step {n['decode_ms']:g}"
+        f"+{n['decode_ms_per_seq']:g}/seq ms, {n['max_num_seqs']} slots, KV {n['kv_tokens'] // 1000}k tokens)"
+        for n in res["fleet"])]
+    return "\n".join(lines) + "\n"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rate", type=float, default=4.0)
@@ -229,7 +305,23 @@ def main() -> None:
     ap.add_argument("--policies", nargs="+", default=list(POLICIES), choices=POLICIES)
     ap.add_argument("--goodput", nargs="+", default=["ttft:1000", "tpot:100"])
     ap.add_argument("--out", default="results/routing_quality")
+    ap.add_argument("--workload", choices=("independent", "agent"), default="independent")
+    ap.add_argument("--chains", type=int, default=32, help="agent: chains per run")
+    ap.add_argument("--steps", type=int, default=8, help="agent: calls per chain")
+    ap.add_argument("--rates", type=float, nargs="+", default=[0.5, 1, 2, 4], help="agent: chain arrivals per second")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="agent: one run per seed, averaged")
+    ap.add_argument("--independent-rates", type=float, nargs="*", default=[2, 4, 8],
+                    help="agent: independent-request rates for the nearest_idle vs cache_blind check")
+    ap.add_argument("--agent-policies", nargs="+", default=None)
+    ap.add_argument("--fleet", choices=("hetero", "homogeneous"), default="hetero",
+                    help="agent: the routing_quality fleet, or four like GPUs")
     args = ap.parse_args()
+    if args.workload == "agent":
+        from benchmarks.agent_routing import AGENT_POLICIES
+
+        args.agent_policies = args.agent_policies or list(AGENT_POLICIES)
+        save(agent_sweep(args), Path(args.out), agent_markdown)
+        return
     save(asyncio.run(run(args)), Path(args.out), markdown)
 
 

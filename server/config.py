@@ -39,6 +39,9 @@ class NodeSettings(BaseModel):
     shutdown_timeout: float = 30.0
     max_n: int = 8
     max_body_bytes: int = 4 * 1024 * 1024
+    header_timeout: float = 30.0  # transport deadlines and cap: server/transport.py
+    body_timeout: float = 30.0
+    max_connections: int = 1000  # 0: no cap
     max_num_seqs: int = 32
     tool_call_parser: str = "hermes"
     enforce_eager: bool = False

@@ -12,6 +12,7 @@ from typing import Any
 import click
 
 from server.config import NodeSettings, is_loopback, load_toml, read_key_file
+from server.transport import transport_options
 
 log = logging.getLogger("edgefleet.node")
 
@@ -124,6 +125,7 @@ def opt(*names: str, env: str | None = None, **kw: Any):
      help="On SIGTERM, seconds to drain in-flight requests before ending them.")
 @opt("--max-n", type=int, default=8, show_default=True, help="Largest 'n' a request may ask for.")
 @opt("--max-body-bytes", type=int, default=4 << 20, show_default=True, help="Request body limit (413 past it).")
+@transport_options(opt)
 @opt("--tool-call-parser", default="hermes", show_default=True, help="Parser for tool_choice=auto (vLLM's names).")
 @opt("--enforce-eager/--no-enforce-eager", default=None,
      help="vLLM: no torch.compile / CUDA graphs (starts in ~20 s instead of ~90 s on CPU). Default: on for the "
@@ -183,9 +185,8 @@ def _setup_logging(level: str) -> None:
 
 def run_node(settings: NodeSettings, host: Any = None) -> int:
     """``host``: a server.host.ModelHost for a multi-model node; otherwise one engine."""
-    import uvicorn
-
     from server.api.app import build_app
+    from server.transport import TransportLimits, server_config
 
     if host is not None:
         runtime = host
@@ -212,9 +213,14 @@ def run_node(settings: NodeSettings, host: Any = None) -> int:
 
     api_key = settings.api_key.get_secret_value() if settings.api_key else None
     app = build_app(runtime, api_key=api_key, on_fatal=on_fatal)
-    config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level="warning", access_log=False,
-                            timeout_graceful_shutdown=5,
-                            lifespan="on", server_header=False)
+    if api_key:  # answer a router's mDNS admission challenge (server/fleet_proof.py)
+        from server.fleet_proof import NodeProof
+
+        app = NodeProof(app, api_key, runtime.node_id)
+    limits = TransportLimits(header_timeout=settings.header_timeout, body_timeout=settings.body_timeout,
+                             max_connections=settings.max_connections or None)
+    config = server_config(app, host=settings.host, port=settings.port, limits=limits, log_level="warning",
+                           timeout_graceful_shutdown=5, lifespan="on", server_header=False)
     server = NodeServer(config, runtime, settings.shutdown_timeout)
     advertiser = None
     if settings.advertise:

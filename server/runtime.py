@@ -17,13 +17,15 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Literal
 
 from server import __version__
-from server.api.errors import NotReady, Overloaded
 from server.capacity.accelerators import AcceleratorProbe
 from server.capacity.metrics import NodeMetrics
 from server.capacity.perf import PerfWindow, RequestTiming, predict_ttft
+from server.capacity.perf import Prediction as TtftPrediction
 from server.capacity.schema import (
+    CacheInfo,
     Capacity,
     EngineLoad,
     Identity,
@@ -31,8 +33,10 @@ from server.capacity.schema import (
     NodeState,
     Performance,
     Prediction,
+    PriorityQueue,
 )
 from server.config import NodeSettings, state_dir
+from server.edge.errors import NotReady, Overloaded
 from server.engine.base import Engine
 
 log = logging.getLogger("edgefleet.node")
@@ -57,6 +61,15 @@ def stable_node_id(settings: NodeSettings) -> str:
     except OSError as exc:
         log.warning("cannot persist node id in %s (%s); it will change on restart", path, exc)
     return node_id
+
+
+@dataclass(slots=True, frozen=True)
+class Refusal:
+    """Why a request would not be admitted now (:meth:`NodeRuntime.refusal`)."""
+
+    code: Literal["not_ready", "engine_unavailable", "queue_full", "queue_wait"]
+    reason: str  # for the capacity report's prediction
+    queue_wait_s: float = 0.0
 
 
 @dataclass(slots=True)
@@ -132,23 +145,41 @@ class NodeRuntime:
     def _in_flight_sequences(self) -> int:
         return sum(len(a.engine_ids) for a in self.active.values())
 
-    def admit(self, prompt_tokens: int, n: int = 1) -> None:
+    def refusal(self, prompt_tokens: int, n: int = 1, prediction: TtftPrediction | None = None,
+                priority: int = 0) -> Refusal | None:
+        """The one admission rule, used by :meth:`admit` and by the capacity report's
+        ``would_admit``: None if ``n`` more sequences of ``prompt_tokens`` would be admitted
+        now. The predicted queue wait (for a request of ``priority``) is checked only when the
+        request would queue."""
+        s = self.settings
         if self.state != "ready":
-            raise NotReady(f"Node is {self.state}; not accepting requests.", headers={"Retry-After": "5"})
+            return Refusal("not_ready", f"node is {self.state}")
         if not self.engine.is_healthy():
+            return Refusal("engine_unavailable", "engine is not running")
+        queued = max(0, self._in_flight_sequences() + n - s.max_num_seqs)
+        if queued > s.max_queued_requests:
+            return Refusal("queue_full", "queue full")
+        if s.max_queue_wait is not None and queued > 0:
+            wait = (prediction or self.predict(prompt_tokens, priority)).queue_wait_s
+            if wait > s.max_queue_wait:
+                return Refusal("queue_wait", "predicted queue wait over max_queue_wait", wait)
+        return None
+
+    def admit(self, prompt_tokens: int, n: int = 1, priority: int = 0) -> None:
+        refused = self.refusal(prompt_tokens, n, priority=priority)
+        if refused is None:
+            return
+        if refused.code == "not_ready":
+            raise NotReady(f"Node is {self.state}; not accepting requests.", headers={"Retry-After": "5"})
+        if refused.code == "engine_unavailable":
             raise NotReady("Engine is not running.", code="engine_unavailable", headers={"Retry-After": "10"})
-        queued = max(0, self._in_flight_sequences() + n - self.settings.max_num_seqs)
-        if queued > self.settings.max_queued_requests:
-            self._reject("queue_full")
+        self._reject(refused.code)
+        retry = {"Retry-After": str(self._retry_after())}
+        if refused.code == "queue_full":
             raise Overloaded(f"Queue is full ({self.settings.max_queued_requests} waiting); retry later.",
-                             headers={"Retry-After": str(self._retry_after())})
-        if self.settings.max_queue_wait is not None and queued > 0:
-            pred = self.predict(prompt_tokens)
-            if pred.queue_wait_s > self.settings.max_queue_wait:
-                self._reject("queue_wait")
-                raise Overloaded(f"Predicted queue wait {pred.queue_wait_s:.1f} s exceeds "
-                                 f"{self.settings.max_queue_wait:.1f} s; retry later.",
-                                 headers={"Retry-After": str(self._retry_after())})
+                             headers=retry)
+        raise Overloaded(f"Predicted queue wait {refused.queue_wait_s:.1f} s exceeds "
+                         f"{self.settings.max_queue_wait:.1f} s; retry later.", headers=retry)
 
     def _reject(self, reason: str) -> None:
         if self.metrics:
@@ -158,10 +189,15 @@ class NodeRuntime:
         mean = self.perf.summary().get("mean_e2e_s") or 1.0
         return max(1, math.ceil(float(mean)))
 
-    def predict(self, prompt_tokens: int):
+    def predict(self, prompt_tokens: int, priority: int = 0) -> TtftPrediction:
+        """Predicted TTFT for a request of ``priority``: only waiting work that runs no later than
+        it (priority <= its own) counts as ahead of it."""
         stats = self.engine.stats()
-        return predict_ttft(prompt_tokens=prompt_tokens, waiting_prompt_tokens=stats.waiting_prompt_tokens,
-                            in_flight=self._in_flight_sequences(), max_num_seqs=self.settings.max_num_seqs,
+        waiting_ahead, tokens_ahead = stats.waiting_at_or_before(priority)
+        behind = max(0, stats.num_waiting - waiting_ahead)
+        in_flight = max(0, self._in_flight_sequences() - behind)
+        return predict_ttft(prompt_tokens=prompt_tokens, waiting_prompt_tokens=tokens_ahead,
+                            in_flight=in_flight, max_num_seqs=self.settings.max_num_seqs,
                             summary=self.perf.summary())
 
     # --- accounting -----------------------------------------------------------------
@@ -204,7 +240,8 @@ class NodeRuntime:
             self.metrics.success.labels(self.metrics.model_name, finish_reason).inc()
 
     # --- the capacity document ------------------------------------------------------
-    def capacity(self, prompt_tokens: int | None = None, max_tokens: int | None = None) -> Capacity:
+    def capacity(self, prompt_tokens: int | None = None, max_tokens: int | None = None,
+                 priority: int = 0) -> Capacity:
         s = self.settings
         stats = self.engine.stats()
         models = []
@@ -221,7 +258,9 @@ class NodeRuntime:
                           waiting_prompt_tokens=stats.waiting_prompt_tokens,
                           kv_cache_usage=stats.kv_cache_usage, kv_free_tokens=stats.kv_free_tokens,
                           kv_total_tokens=stats.kv_total_tokens,
-                          max_concurrent_sequences=stats.max_num_seqs or s.max_num_seqs)
+                          max_concurrent_sequences=stats.max_num_seqs or s.max_num_seqs,
+                          queue_by_priority=[PriorityQueue(priority=p, waiting=n, waiting_prompt_tokens=t)
+                                             for p, (n, t) in sorted(stats.waiting_by_priority.items())])
         cap = Capacity(
             timestamp=time.time(),
             identity=Identity(node_id=self.node_id, name=self.name, zone=s.zone, labels=dict(s.labels),
@@ -233,18 +272,20 @@ class NodeRuntime:
             admission={"in_flight": in_flight, "queued": self.queued(),
                        "max_queued_requests": s.max_queued_requests, "max_queue_wait_s": s.max_queue_wait},
         )
+        if stats.block_size:
+            cap.cache = CacheInfo(block_size=stats.block_size, prefix_caching=stats.prefix_caching,
+                                  kv_events=getattr(self.engine, "kv_events", None) is not None)
         if prompt_tokens is not None:
-            pred = self.predict(prompt_tokens)
+            pred = self.predict(prompt_tokens, priority)
             mt = max_tokens or 0
+            refused = self.refusal(prompt_tokens, 1, pred, priority)
             reason, admit = "ok", True
-            if self.state != "ready":
-                reason, admit = f"node is {self.state}", False
+            if refused is not None and refused.code == "not_ready":
+                reason, admit = refused.reason, False
             elif models and prompt_tokens + mt > models[0].max_model_len:
                 reason, admit = f"prompt_tokens + max_tokens exceeds max_model_len {models[0].max_model_len}", False
-            elif self.queued() + 1 > s.max_queued_requests and in_flight >= s.max_num_seqs:
-                reason, admit = "queue full", False
-            elif s.max_queue_wait is not None and pred.queue_wait_s > s.max_queue_wait:
-                reason, admit = "predicted queue wait over max_queue_wait", False
+            elif refused is not None:
+                reason, admit = refused.reason, False
             cap.prediction = Prediction(prompt_tokens=prompt_tokens, max_tokens=mt,
                                         predicted_ttft_ms=pred.predicted_ttft_s * 1000,
                                         predicted_queue_wait_ms=pred.queue_wait_s * 1000, would_admit=admit,

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.clients import asgi_client
 from tests.nodeproc import NodeProcess
 
 os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
@@ -50,3 +51,49 @@ def node(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactor
         yield proc
     finally:
         proc.stop()
+
+
+@pytest.fixture
+async def node_client(tmp_path):
+    """Factory: ``await node_client(engine, **settings)`` builds an in-process node over a
+    scripted engine (tests/fakes.py) and returns a client for it, with ``.runtime`` set."""
+    from server.api.app import build_app
+    from server.config import NodeSettings
+    from server.runtime import NodeRuntime
+    from tests.fakes import ScriptedEngine
+
+    clients = []
+
+    async def make(engine=None, **settings):
+        runtime = NodeRuntime(NodeSettings(state_dir=tmp_path, **settings), engine or ScriptedEngine())
+        await runtime.start_engine()
+        client = asgi_client(build_app(runtime))
+        client.runtime = runtime
+        clients.append(client)
+        return client
+
+    yield make
+    for client in clients:
+        await client.aclose()
+
+
+@pytest.fixture
+async def router_client():
+    """Factory: ``router_client(settings)`` builds an in-process router (lifespan not run: no
+    poller, no nodes unless the test adds them) and returns a client for it, ``.router`` set."""
+    from server.router.app import create_app
+
+    clients = []
+
+    def make(settings=None):
+        from server.router.config import RouterSettings
+
+        app, router = create_app(settings or RouterSettings())
+        client = asgi_client(app)
+        client.router = router
+        clients.append(client)
+        return client
+
+    yield make
+    for client in clients:
+        await client.aclose()

@@ -8,12 +8,13 @@ import logging
 from collections.abc import AsyncIterator, Callable
 
 from fastapi import FastAPI
+from fastapi.exceptions import RequestValidationError
 
 from server import __version__
 from server.api import chat, completions, node_routes
-from server.api.errors import install_handlers
-from server.api.security import KeyStore, SecurityMiddleware
 from server.config import is_loopback
+from server.edge.render import install_handlers
+from server.edge.security import KeyStore, SecurityMiddleware
 from server.runtime import NodeRuntime
 
 log = logging.getLogger("edgefleet.node")
@@ -54,7 +55,7 @@ def build_app(runtime: NodeRuntime, *, api_key: str | None = None,
     app = FastAPI(title="edgefleet node", version=__version__, lifespan=lifespan,
                   description="OpenAI-compatible inference node with a capacity report.")
     app.state.runtime = runtime
-    install_handlers(app)
+    install_handlers(app, validation=RequestValidationError)
     _install_host(app, runtime, api_key)
     app.include_router(chat.router)
     app.include_router(completions.router)

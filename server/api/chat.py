@@ -11,20 +11,20 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
 
 from server.api.deps import get_ready_runtime, require_json
-from server.api.errors import InvalidRequest
 from server.api.generation import (
-    ClientGone,
     Generation,
     check_model_and_n,
     new_id,
     resolve_max_tokens,
+    resolve_priority,
     start_stream,
     until_disconnect,
 )
 from server.api.host_routes import model_runtime
-from server.api.protocol import ChatCompletionRequest, NamedToolChoice, finite_or_none
 from server.api.sse import event, sse_response
 from server.api.toolstream import ToolCallGate
+from server.edge.errors import ClientGone, InvalidRequest
+from server.edge.protocol import ChatCompletionRequest, ToolMode, Usage, clamp_logprob
 from server.engine.base import Delta, PositionLogprobs, ToolCall
 from server.engine.toolcalls import new_call_id
 from server.runtime import NodeRuntime
@@ -32,23 +32,14 @@ from server.runtime import NodeRuntime
 router = APIRouter()
 
 
-def tool_mode(req: ChatCompletionRequest) -> str:
-    """none | auto | required | named"""
-    if not req.tools or req.tool_choice == "none":
-        return "none"
-    if isinstance(req.tool_choice, NamedToolChoice):
-        return "named"
-    return req.tool_choice or "auto"
-
-
-def _forced_schema(req: ChatCompletionRequest, mode: str) -> dict[str, Any] | None:
+def _forced_schema(req: ChatCompletionRequest, mode: ToolMode) -> dict[str, Any] | None:
     """Forced tool use is constrained decoding: the output is the call, as JSON."""
     tools = req.tools or []
-    if mode == "named":
+    if mode is ToolMode.NAMED:
         name = req.tool_choice.function.name  # type: ignore[union-attr]
         fn = next(t.function for t in tools if t.function.name == name)
         return fn.parameters or {"type": "object"}
-    if mode == "required":
+    if mode is ToolMode.REQUIRED:
         return {"type": "array", "minItems": 1, "items": {"anyOf": [
             {"type": "object", "properties": {"name": {"type": "string", "enum": [t.function.name]},
                                               "parameters": t.function.parameters or {"type": "object"}},
@@ -72,8 +63,8 @@ def _messages(req: ChatCompletionRequest) -> list[dict[str, Any]]:
     return out
 
 
-def _render(runtime: NodeRuntime, req: ChatCompletionRequest, mode: str) -> list[int]:
-    tools = [t.model_dump(exclude_none=True) for t in req.tools] if req.tools and mode != "none" else None
+def _render(runtime: NodeRuntime, req: ChatCompletionRequest, mode: ToolMode) -> list[int]:
+    tools = [t.model_dump(exclude_none=True) for t in req.tools] if req.tools and mode is not ToolMode.NONE else None
     try:
         return runtime.engine.render_chat(_messages(req), tools)
     except (ValueError, TypeError, KeyError) as exc:
@@ -84,12 +75,12 @@ def _render(runtime: NodeRuntime, req: ChatCompletionRequest, mode: str) -> list
         raise
 
 
-def _parse_forced(text: str, mode: str, req: ChatCompletionRequest) -> list[ToolCall]:
+def _parse_forced(text: str, mode: ToolMode, req: ChatCompletionRequest) -> list[ToolCall]:
     try:
         obj = json.loads(text, strict=False)  # grammars allow control characters inside strings
     except ValueError:
         return []
-    if mode == "named":
+    if mode is ToolMode.NAMED:
         return [ToolCall(req.tool_choice.function.name, json.dumps(obj), new_call_id())]  # type: ignore[union-attr]
     return [ToolCall(c["name"], json.dumps(c.get("parameters", {})), new_call_id())
             for c in obj if isinstance(c, dict) and "name" in c]
@@ -104,7 +95,7 @@ def _logprobs_json(items: list[PositionLogprobs] | None) -> list[dict[str, Any]]
         return None
 
     def one(t) -> dict[str, Any]:
-        return {"token": t.token, "logprob": finite_or_none(t.logprob), "bytes": list(t.token.encode("utf-8"))}
+        return {"token": t.token, "logprob": clamp_logprob(t.logprob), "bytes": list(t.token.encode("utf-8"))}
 
     return [{**one(p.sampled), "top_logprobs": [one(t) for t in p.top]} for p in items]
 
@@ -114,14 +105,15 @@ async def create_chat_completion(body: ChatCompletionRequest, request: Request,
                                  runtime: Annotated[NodeRuntime, Depends(get_ready_runtime)]) -> Response:
     runtime = await model_runtime(request, runtime, body.model)  # multi-model nodes: load on demand
     check_model_and_n(runtime, body.model, body.n)
-    mode = tool_mode(body)
+    priority = resolve_priority(request, body.priority)
+    mode = body.tool_mode()
     prompt = _render(runtime, body, mode)
     max_tokens = resolve_max_tokens(runtime, len(prompt), body.requested_max_tokens())
     sampling = body.to_sampling(max_tokens)
     if (schema := _forced_schema(body, mode)) is not None:  # a forced tool call wins over response_format
         sampling.json_schema, sampling.json_object = schema, False
     rid = new_id("chatcmpl")
-    gen = Generation(runtime, rid, prompt, sampling, body.n)
+    gen = Generation(runtime, rid, prompt, sampling, body.n, priority)
     headers = {"X-Request-Id": rid}
     if body.stream:
         return await _stream(gen, body, mode, request, headers)
@@ -132,16 +124,14 @@ async def create_chat_completion(body: ChatCompletionRequest, request: Request,
     return JSONResponse(result, headers=headers)
 
 
-async def _collect(gen: Generation, req: ChatCompletionRequest, mode: str, runtime: NodeRuntime) -> dict[str, Any]:
+async def _collect(gen: Generation, req: ChatCompletionRequest, mode: ToolMode, runtime: NodeRuntime) -> dict[str, Any]:
     texts = [""] * gen.n
     logprobs: list[list[dict[str, Any]]] = [[] for _ in range(gen.n)]
     finish: list[str | None] = [None] * gen.n
     counts = [0] * gen.n
-    cached = 0
     async for i, d in gen.stream():
         texts[i] += d.text
         counts[i] += len(d.token_ids)
-        cached = max(cached, d.cached_tokens)
         if d.logprobs:
             logprobs[i].extend(_logprobs_json(d.logprobs) or [])
         if d.finish_reason:
@@ -150,10 +140,10 @@ async def _collect(gen: Generation, req: ChatCompletionRequest, mode: str, runti
     for i in range(gen.n):
         content: str | None = texts[i]
         calls: list[ToolCall] = []
-        if mode in ("named", "required"):
+        if mode.forced:
             calls = _parse_forced(texts[i], mode, req)
             content = None if calls else texts[i]
-        elif mode == "auto":
+        elif mode is ToolMode.AUTO:
             content, calls = runtime.engine.tool_parser(runtime.settings.tool_call_parser).extract(
                 texts[i], [t.model_dump(exclude_none=True) for t in req.tools or []])
         message: dict[str, Any] = {"role": "assistant", "content": content}
@@ -165,12 +155,10 @@ async def _collect(gen: Generation, req: ChatCompletionRequest, mode: str, runti
     completion = sum(counts)
     return {"id": gen.request_id, "object": "chat.completion", "created": int(time.time()), "model": req.model,
             "choices": choices,
-            "usage": {"prompt_tokens": len(gen.prompt_ids), "completion_tokens": completion,
-                      "total_tokens": len(gen.prompt_ids) + completion,
-                      "prompt_tokens_details": {"cached_tokens": cached}}}
+            "usage": Usage.of(len(gen.prompt_ids), completion, gen.cached_tokens).wire()}
 
 
-async def _stream(gen: Generation, req: ChatCompletionRequest, mode: str, request: Request,
+async def _stream(gen: Generation, req: ChatCompletionRequest, mode: ToolMode, request: Request,
                   headers: dict[str, str]) -> Response:
     created = int(time.time())
     base = {"id": gen.request_id, "object": "chat.completion.chunk", "created": created, "model": req.model}
@@ -180,13 +168,13 @@ async def _stream(gen: Generation, req: ChatCompletionRequest, mode: str, reques
     return sse_response(_events(gen, req, mode, base, stream), headers=headers)
 
 
-async def _events(gen: Generation, req: ChatCompletionRequest, mode: str, base: dict[str, Any],
+async def _events(gen: Generation, req: ChatCompletionRequest, mode: ToolMode, base: dict[str, Any],
                   stream: AsyncIterator[tuple[int, Delta]]) -> AsyncIterator[bytes]:
     started = [False] * gen.n
     texts = [""] * gen.n
     call_ids = [new_call_id() for _ in range(gen.n)]
     completion = 0
-    parser = gen.runtime.engine.tool_parser(gen.runtime.settings.tool_call_parser) if mode == "auto" else None
+    parser = gen.runtime.engine.tool_parser(gen.runtime.settings.tool_call_parser) if mode is ToolMode.AUTO else None
     tool_dicts = [t.model_dump(exclude_none=True) for t in req.tools or []]
     gates = [ToolCallGate(getattr(parser, "start_marker", None)) for _ in range(gen.n)]
 
@@ -198,7 +186,7 @@ async def _events(gen: Generation, req: ChatCompletionRequest, mode: str, base: 
             delta["role"] = "assistant"
             started[i] = True
         finish = d.finish_reason
-        if mode == "named":
+        if mode is ToolMode.NAMED:
             fn: dict[str, Any] = {"arguments": d.text}
             call: dict[str, Any] = {"index": 0, "function": fn}
             if "role" in delta:
@@ -206,12 +194,12 @@ async def _events(gen: Generation, req: ChatCompletionRequest, mode: str, base: 
                 fn["name"] = req.tool_choice.function.name  # type: ignore[union-attr]
             delta["tool_calls"] = [call]
             finish = "tool_calls" if finish in ("stop",) else finish
-        elif mode == "required":
+        elif mode is ToolMode.REQUIRED:
             if finish is not None:  # a JSON array is only a call list once complete
                 calls = _parse_forced(texts[i], mode, req)
                 delta["tool_calls"] = [{"index": k, **c} for k, c in enumerate(_calls_json(calls))]
                 finish = "tool_calls" if calls else finish
-        elif mode == "auto":
+        elif mode is ToolMode.AUTO:
             delta["content"] = gates[i].feed(d.text)
             if finish is not None:
                 _, calls = parser.extract(texts[i], tool_dicts)
@@ -227,6 +215,5 @@ async def _events(gen: Generation, req: ChatCompletionRequest, mode: str, base: 
             choice["logprobs"] = {"content": _logprobs_json(d.logprobs)}
         yield event({**base, "choices": [choice]})
     if req.include_usage():
-        n_prompt = len(gen.prompt_ids)
-        yield event({**base, "choices": [], "usage": {"prompt_tokens": n_prompt, "completion_tokens": completion,
-                                                      "total_tokens": n_prompt + completion}})
+        yield event({**base, "choices": [], "usage": Usage.of(len(gen.prompt_ids), completion,
+                                                              gen.cached_tokens).wire()})

@@ -10,19 +10,19 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
 
 from server.api.deps import get_ready_runtime, require_json
-from server.api.errors import InvalidRequest
 from server.api.generation import (
-    ClientGone,
     Generation,
     check_model_and_n,
     new_id,
     resolve_max_tokens,
+    resolve_priority,
     start_stream,
     until_disconnect,
 )
 from server.api.host_routes import model_runtime
-from server.api.protocol import CompletionRequest, finite_or_none
 from server.api.sse import event, sse_response
+from server.edge.errors import ClientGone, InvalidRequest
+from server.edge.protocol import CompletionRequest, Usage, clamp_logprob
 from server.engine.base import Delta, PositionLogprobs
 from server.runtime import NodeRuntime
 
@@ -56,8 +56,8 @@ class _Logprobs:
             self.text_offset.append(offset)
             offset += len(p.sampled.token)
             self.tokens.append(p.sampled.token)
-            self.token_logprobs.append(finite_or_none(p.sampled.logprob))
-            self.top_logprobs.append({t.token: finite_or_none(t.logprob) for t in p.top})
+            self.token_logprobs.append(clamp_logprob(p.sampled.logprob))
+            self.top_logprobs.append({t.token: clamp_logprob(t.logprob) for t in p.top})
 
     def json(self) -> dict[str, Any]:
         return {"tokens": self.tokens, "token_logprobs": self.token_logprobs, "top_logprobs": self.top_logprobs,
@@ -69,13 +69,14 @@ async def create_completion(body: CompletionRequest, request: Request,
                             runtime: Annotated[NodeRuntime, Depends(get_ready_runtime)]) -> Response:
     runtime = await model_runtime(request, runtime, body.model)  # multi-model nodes: load on demand
     check_model_and_n(runtime, body.model, body.n)
+    priority = resolve_priority(request, body.priority)
     prompt, prompt_text = _prompt_ids(runtime, body)
     if not prompt:
         raise InvalidRequest("prompt must not be empty.", param="prompt")
     max_tokens = resolve_max_tokens(runtime, len(prompt), body.max_tokens)
     sampling = body.to_sampling(max_tokens)
     rid = new_id("cmpl")
-    gen = Generation(runtime, rid, prompt, sampling, body.n)
+    gen = Generation(runtime, rid, prompt, sampling, body.n, priority)
     echo = (prompt_text or "") if body.echo else ""
     headers = {"X-Request-Id": rid}
     if body.stream:
@@ -106,8 +107,7 @@ async def _collect(gen: Generation, req: CompletionRequest, echo: str) -> dict[s
     n_prompt = len(gen.prompt_ids)
     return {"id": gen.request_id, "object": "text_completion", "created": int(time.time()), "model": req.model,
             "choices": choices,
-            "usage": {"prompt_tokens": n_prompt, "completion_tokens": completion,
-                      "total_tokens": n_prompt + completion}}
+            "usage": Usage.of(n_prompt, completion, gen.cached_tokens).wire()}
 
 
 async def _events(gen: Generation, req: CompletionRequest, stream: AsyncIterator[tuple[int, Delta]],
@@ -130,6 +130,5 @@ async def _events(gen: Generation, req: CompletionRequest, stream: AsyncIterator
         offsets[i] += len(d.text)
         yield event({**base, "choices": [choice]})
     if req.include_usage():
-        n_prompt = len(gen.prompt_ids)
-        yield event({**base, "choices": [], "usage": {"prompt_tokens": n_prompt, "completion_tokens": completion,
-                                                      "total_tokens": n_prompt + completion}})
+        yield event({**base, "choices": [], "usage": Usage.of(len(gen.prompt_ids), completion,
+                                                              gen.cached_tokens).wire()})

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from fastapi import Request
 
-from server.api.errors import UnsupportedMediaType
+from server.edge.errors import NotReady
+from server.edge.media import require_json as _require_json
 from server.runtime import NodeRuntime
 
 
@@ -13,15 +14,12 @@ def get_runtime(request: Request) -> NodeRuntime:
 
 
 def require_json(request: Request) -> None:
-    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if ctype != "application/json" and not (ctype.startswith("application/") and ctype.endswith("+json")):
-        raise UnsupportedMediaType("Content-Type must be application/json.")
+    """The shared Content-Type rule (server.edge.media): JSON or +json, else 415."""
+    _require_json(request.headers.get("content-type"))
 
 
 def get_ready_runtime(request: Request) -> NodeRuntime:
     """The runtime, once the model is loaded; 503 while it loads (D1)."""
-    from server.api.errors import NotReady
-
     runtime: NodeRuntime = request.app.state.runtime
     if runtime.state == "starting":
         raise NotReady("The model is still loading.", headers={"Retry-After": "5"})

@@ -17,8 +17,9 @@ from typing import TypeVar
 
 from starlette.requests import Request
 
-from server.api.errors import (
+from server.edge.errors import (
     ApiError,
+    ClientGone,
     ContextLengthExceeded,
     EngineUnavailable,
     InternalError,
@@ -27,6 +28,8 @@ from server.api.errors import (
     NotReady,
 )
 from server.engine.base import (
+    PRIORITY_MAX,
+    PRIORITY_MIN,
     Delta,
     EngineDeadError,
     EngineError,
@@ -38,10 +41,6 @@ from server.runtime import NodeRuntime
 
 T = TypeVar("T")
 log = logging.getLogger("edgefleet.api")
-
-
-class ClientGone(Exception):
-    pass
 
 
 def new_id(prefix: str) -> str:
@@ -73,6 +72,33 @@ def resolve_max_tokens(runtime: NodeRuntime, prompt_tokens: int, requested: int 
     return requested
 
 
+PRIORITY_HEADER = "x-edgefleet-priority"
+
+
+def resolve_priority(request: Request, body_priority: int | None) -> int:
+    """The request's scheduling priority (lower runs first). The X-Edgefleet-Priority header
+    overrides the body's ``priority`` field, since routers set headers; both must be integers
+    in [PRIORITY_MIN, PRIORITY_MAX]."""
+    allowed = f"an integer from {PRIORITY_MIN} to {PRIORITY_MAX} (lower runs first)"
+    raw = request.headers.get(PRIORITY_HEADER)
+    if raw is not None:
+        text = raw.strip()
+        digits = text[1:] if text[:1] in "+-" else text
+        if not (digits.isascii() and digits.isdigit()) or len(digits) > 6:
+            raise InvalidRequest(f"The X-Edgefleet-Priority header must be {allowed}.", param="priority")
+        value = int(text)
+        if not PRIORITY_MIN <= value <= PRIORITY_MAX:
+            raise InvalidRequest(f"The X-Edgefleet-Priority header is {value}; it must be {allowed}.",
+                                 param="priority")
+        return value
+    if body_priority is None:
+        return 0
+    if not PRIORITY_MIN <= body_priority <= PRIORITY_MAX:
+        shown = str(body_priority) if abs(body_priority) < 10**12 else "out of range"
+        raise InvalidRequest(f"priority is {shown}; it must be {allowed}.", param="priority")
+    return body_priority
+
+
 def engine_error(exc: BaseException) -> ApiError:
     if isinstance(exc, InvalidRequestForEngine):
         return InvalidRequest(str(exc), param=exc.param, code=exc.code)
@@ -90,7 +116,7 @@ class Generation:
     """One admitted request: n engine sequences sharing one prompt."""
 
     def __init__(self, runtime: NodeRuntime, request_id: str, prompt_ids: list[int], sampling: SamplingOptions,
-                 n: int):
+                 n: int, priority: int = 0):
         self.runtime = runtime
         self.request_id = request_id
         self.prompt_ids = prompt_ids
@@ -99,7 +125,9 @@ class Generation:
         self.arrival = time.monotonic()
         self.engine_ids = [f"{request_id}-{i}" for i in range(n)]
         self.finish = "abort"
-        runtime.admit(len(prompt_ids), n)
+        self.priority = priority
+        self.cached_tokens = 0  # prompt tokens the engine found in its prefix cache
+        runtime.admit(len(prompt_ids), n, priority)
         self.active = runtime.begin(request_id, self.engine_ids, len(prompt_ids), self.arrival)
         self._closed = False
 
@@ -109,7 +137,8 @@ class Generation:
         return replace(self.sampling, seed=self.sampling.seed + i)  # distinct but reproducible choices
 
     async def _one(self, i: int) -> AsyncIterator[tuple[int, Delta]]:
-        req = GenerateRequest(self.engine_ids[i], self.prompt_ids, self._sampling_for(i), self.arrival)
+        req = GenerateRequest(self.engine_ids[i], self.prompt_ids, self._sampling_for(i), self.arrival,
+                              priority=self.priority)
         async for delta in self.runtime.engine.generate(req):
             yield i, delta
 
@@ -133,6 +162,7 @@ class Generation:
 
     def _account(self, delta: Delta) -> None:
         self.runtime.on_tokens(self.active, len(delta.token_ids))
+        self.cached_tokens = max(self.cached_tokens, delta.cached_tokens)
         if delta.finish_reason is not None:
             self.finish = delta.finish_reason
         if delta.finish_reason == "abort" and self.runtime.state == "draining":

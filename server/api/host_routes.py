@@ -12,7 +12,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
-from server.api.errors import (
+from server.edge.errors import (
     ApiError,
     ModelNotFound,
     NotReady,

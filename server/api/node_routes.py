@@ -9,9 +9,12 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from server.api.deps import get_runtime
-from server.api.errors import NotReady
-from server.api.protocol import ModelCard, ModelList
 from server.capacity.schema import Capacity
+from server.edge.errors import EventsGoneError, NotFound, NotReady
+from server.edge.protocol import ModelCard, ModelList
+from server.edge.render import error_response
+from server.engine.base import PRIORITY_MAX, PRIORITY_MIN
+from server.engine.kv_events import EventsGone
 from server.runtime import NodeRuntime
 
 router = APIRouter()
@@ -29,8 +32,28 @@ async def list_models(runtime: Runtime) -> ModelList:
 @router.get("/v1/capacity", response_model=Capacity)
 async def capacity(runtime: Runtime,
                    prompt_tokens: Annotated[int | None, Query(ge=0, le=10_000_000)] = None,
-                   max_tokens: Annotated[int | None, Query(ge=0, le=10_000_000)] = None) -> Capacity:
-    return runtime.capacity(prompt_tokens, max_tokens)
+                   max_tokens: Annotated[int | None, Query(ge=0, le=10_000_000)] = None,
+                   priority: Annotated[int, Query(ge=PRIORITY_MIN, le=PRIORITY_MAX)] = 0) -> Capacity:
+    """``priority``: the prediction counts only waiting work of that class or a more urgent one."""
+    return runtime.capacity(prompt_tokens, max_tokens, priority)
+
+
+@router.get("/v1/kv/events")
+async def kv_events(runtime: Runtime, since: Annotated[int, Query(ge=0)] = 0,
+                    limit: Annotated[int, Query(ge=1, le=10_000)] = 1000) -> JSONResponse:
+    """KV-cache events (BlockStored, BlockRemoved, AllBlocksCleared) from sequence ``since``.
+
+    ``next`` is the ``since`` of the following call. A ``since`` older than the ring is a 410:
+    the consumer drops what it believes about this node and starts again from ``oldest``."""
+    log = getattr(runtime.engine, "kv_events", None)
+    if log is None:
+        raise NotFound(f"The {runtime.engine.name} engine does not publish KV events on this node.",
+                       code="kv_events_unavailable")
+    try:
+        events, nxt = log.since(since, limit)
+    except EventsGone as exc:
+        raise EventsGoneError(str(exc), param="since") from None
+    return JSONResponse({"events": [e.json() for e in events], "next": nxt})
 
 
 @router.get("/health")
@@ -41,10 +64,10 @@ async def health(runtime: Runtime) -> JSONResponse:
 
 
 @router.get("/ready")
-async def ready(runtime: Runtime) -> JSONResponse:
+async def ready(runtime: Runtime) -> Response:
     if not runtime.ready:
         err = NotReady(f"Node is {runtime.state}.", headers={"Retry-After": "5"})
-        return JSONResponse({**err.body(), "state": runtime.state}, status_code=503, headers=err.headers)
+        return error_response(err, extra={"state": runtime.state})
     return JSONResponse({"status": "ready", "state": runtime.state})
 
 

@@ -8,8 +8,9 @@ from typing import Any
 
 from starlette.responses import StreamingResponse
 
-from server.api.errors import ApiError
-from server.api.protocol import dumps
+from server.edge.errors import ApiError
+from server.edge.protocol import dumps
+from server.edge.render import sse_error_event
 
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
@@ -29,7 +30,7 @@ def sse_response(events: AsyncIterator[bytes], headers: dict[str, str] | None = 
                 yield chunk
         except ApiError as err:
             # After the first byte the status line is gone: the error travels in band, no [DONE].
-            yield event(err.body())
+            yield sse_error_event(err)
             return
         finally:
             if on_close:

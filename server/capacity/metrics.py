@@ -1,5 +1,13 @@
 """Prometheus metrics. vLLM's metric names where vLLM has one, so existing dashboards work
-for every engine; ``edgefleet_*`` for node state and accelerators. One registry per node."""
+for every engine; ``edgefleet_*`` for node state and accelerators. One registry per node.
+
+Every engine also speaks the Gateway API Inference Extension's model-server protocol (what
+llm-d's endpoint picker scrapes): ``vllm:num_requests_waiting``, ``vllm:num_requests_running``
+and ``vllm:kv_cache_usage_perc`` (gauges), ``vllm:cache_config_info`` (an info-style gauge,
+value 1, labels ``block_size`` and ``num_gpu_blocks`` among others) and
+``vllm:lora_requests_info`` (a gauge whose value is the last update's Unix time, labels
+``max_lora``, ``running_lora_adapters``, ``waiting_lora_adapters``; edgefleet serves no LoRA
+adapters, so the lists are empty and ``max_lora`` is 0)."""
 
 from __future__ import annotations
 
@@ -34,6 +42,10 @@ class NodeMetrics:
         self.prompt_tokens = Counter("vllm:prompt_tokens", "Prefill tokens processed.", m, registry=r)
         self.generation_tokens = Counter("vllm:generation_tokens", "Generation tokens produced.", m, registry=r)
         self.success = Counter("vllm:request_success", "Finished requests.", m + ["finished_reason"], registry=r)
+        self.cache_config = Gauge("vllm:cache_config_info", "Information of the engine's KV cache configuration.",
+                                  ["block_size", "num_gpu_blocks", "enable_prefix_caching", "engine"], registry=r)
+        self.lora_info = Gauge("vllm:lora_requests_info", "Running stats on LoRA requests.",
+                               ["max_lora", "running_lora_adapters", "waiting_lora_adapters"], registry=r)
         self.state = Gauge("edgefleet_node_state", "1 for the node's current state.", ["state"], registry=r)
         self.in_flight = Gauge("edgefleet_requests_in_flight", "Requests admitted and not finished.", registry=r)
         self.rejected = Counter("edgefleet_requests_rejected", "Requests refused at admission.", ["reason"],
@@ -65,6 +77,12 @@ class NodeMetrics:
         self.running.labels(lbl).set(cap.load.running)
         self.waiting.labels(lbl).set(cap.load.waiting)
         self.kv_usage.labels(lbl).set(cap.load.kv_cache_usage)
+        if cap.cache is not None and cap.cache.block_size:
+            blocks = cap.load.kv_total_tokens // cap.cache.block_size
+            self.cache_config.clear()  # one series: the current configuration
+            self.cache_config.labels(str(cap.cache.block_size), str(blocks),
+                                     str(cap.cache.prefix_caching), "0").set(1)
+        self.lora_info.labels("0", "", "").set_to_current_time()
         for s in STATES:
             self.state.labels(s).set(1 if cap.state == s else 0)
         self.in_flight.set(in_flight)

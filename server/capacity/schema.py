@@ -71,6 +71,12 @@ class Accelerator(BaseModel):
     power_limit_w: float | None = None
 
 
+class PriorityQueue(BaseModel):
+    priority: int = Field(description="Scheduling priority class; lower runs first.")
+    waiting: int = Field(description="Sequences of this class waiting to be scheduled.")
+    waiting_prompt_tokens: int = Field(description="Prompt tokens of this class still to prefill.")
+
+
 class EngineLoad(BaseModel):
     running: int
     waiting: int
@@ -79,6 +85,14 @@ class EngineLoad(BaseModel):
     kv_free_tokens: int
     kv_total_tokens: int
     max_concurrent_sequences: int
+    queue_by_priority: list[PriorityQueue] = Field(
+        default_factory=list, description="The waiting queue per priority class, ascending; empty when idle.")
+
+
+class CacheInfo(BaseModel):
+    block_size: int = Field(description="KV block size in tokens: the unit of prefix caching.")
+    prefix_caching: bool
+    kv_events: bool = Field(False, description="GET /v1/kv/events serves BlockStored/BlockRemoved events.")
 
 
 class Performance(BaseModel):
@@ -113,4 +127,5 @@ class Capacity(BaseModel):
     idle: bool = Field(description="Nothing running or waiting.")
     admission: dict[str, float | int | None] = Field(default_factory=dict)
     prediction: Prediction | None = None
+    cache: CacheInfo | None = Field(None, description="The engine's prefix cache, where it says.")
     memory_budget_bytes: int | None = Field(None, description="Multi-model nodes: memory the models may hold.")

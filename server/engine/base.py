@@ -11,6 +11,8 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, runtime_checkable
 
+from server.sampling import SamplingOptions  # noqa: F401  (part of the engine's vocabulary)
+
 FinishReason = Literal["stop", "length", "abort", "error"]
 
 
@@ -27,35 +29,15 @@ class ModelInfo:
 
 
 @dataclass(slots=True)
-class SamplingOptions:
-    """Engine-neutral sampling parameters, already validated by the API layer."""
-
-    max_tokens: int
-    temperature: float = 1.0
-    top_p: float = 1.0
-    top_k: int = 0  # 0: disabled
-    min_p: float = 0.0
-    presence_penalty: float = 0.0
-    frequency_penalty: float = 0.0
-    repetition_penalty: float = 1.0
-    seed: int | None = None
-    stop: list[str] = field(default_factory=list)
-    stop_token_ids: list[int] = field(default_factory=list)
-    include_stop_str_in_output: bool = False
-    ignore_eos: bool = False
-    logprobs: int | None = None  # None: off; k >= 0: sampled token plus k alternatives
-    logit_bias: dict[int, float] | None = None
-    # Structured output: at most one of these is set.
-    json_schema: dict[str, Any] | None = None
-    json_object: bool = False
-
-
-@dataclass(slots=True)
 class GenerateRequest:
     request_id: str
     prompt_token_ids: list[int]
     sampling: SamplingOptions
     arrival_time: float = 0.0  # time.monotonic() when the HTTP request arrived
+    priority: int = 0  # vLLM's convention: lower runs first; PRIORITY_MIN..PRIORITY_MAX
+
+
+PRIORITY_MIN, PRIORITY_MAX = -100, 100
 
 
 @dataclass(slots=True, frozen=True)
@@ -99,6 +81,21 @@ class EngineStats:
     max_num_seqs: int = 0
     max_num_batched_tokens: int = 0
     steps: int = 0
+    # Waiting work per priority class: priority -> (sequences, prompt tokens still to prefill).
+    waiting_by_priority: dict[int, tuple[int, int]] = field(default_factory=dict)
+    block_size: int = 0  # KV block size in tokens (0: unknown)
+    num_gpu_blocks: int = 0  # KV blocks in the pool (0: unknown)
+    prefix_caching: bool = False
+
+    def waiting_at_or_before(self, priority: int) -> tuple[int, int]:
+        """(sequences, prompt tokens) waiting that would run no later than a request of ``priority``.
+
+        Without a per-class breakdown every waiting sequence counts (the FCFS answer)."""
+        if not self.waiting_by_priority:
+            return self.num_waiting, self.waiting_prompt_tokens
+        seqs = sum(n for p, (n, _) in self.waiting_by_priority.items() if p <= priority)
+        toks = sum(t for p, (_, t) in self.waiting_by_priority.items() if p <= priority)
+        return seqs, toks
 
     @property
     def kv_free_tokens(self) -> int:

@@ -8,10 +8,16 @@ coroutines each. Its text is placeholder and its latencies are modelled; it says
 The model is a continuous-batching scheduler in miniature::
 
     step duration = decode_ms + decode_ms_per_seq * running        (one token per running seq)
-                  + sum(prompt tokens admitted this step) / prefill_tokens_per_s
+                  + sum(uncached prompt tokens admitted this step) / prefill_tokens_per_s
 
 A request is admitted when a sequence slot is free and the KV pool holds its prompt plus
-``max_tokens``; it gets its first token at the end of the step that prefilled it.
+``max_tokens``; it gets its first token at the end of the step that prefilled it. The pool
+(:mod:`server.engine.sim_kv`) keeps a block-hash prefix cache with LRU eviction, on by
+default as in vLLM (``enable_prefix_caching=false`` turns it off): prompt tokens found there
+are reported as ``cached_tokens`` and cost no prefill time. Waiting requests are admitted in
+(priority, arrival) order, lower priority first, like vLLM's priority scheduler; the head of
+that order waits for room rather than being overtaken. Room is reserved up front, so the sim
+never preempts.
 ``network_delay_ms`` adds a one-way delay before the first token, so a node can look far
 away (it is also exposed as ``response_delay_s`` for the HTTP layer to apply).
 
@@ -24,7 +30,6 @@ from __future__ import annotations
 import asyncio
 import math
 import zlib
-from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -39,6 +44,8 @@ from server.engine.base import (
     ProgressFn,
     ToolCallParser,
 )
+from server.engine.kv_events import KvEventLog
+from server.engine.sim_kv import Reservation, SimKvPool
 
 DEFAULTS: dict[str, Any] = {
     "prefill_tokens_per_s": 4000.0,  # prompt tokens per second of prefill
@@ -51,6 +58,9 @@ DEFAULTS: dict[str, Any] = {
     "network_delay_ms": 0.0,  # one-way delay added before the first token
     "load_s": 0.0,  # pretend model load time in start()
     "chars_per_token": 4,  # tokenize(): one token per this many characters
+    "block_size": 16,  # KV block size in tokens (the prefix cache's unit)
+    "enable_prefix_caching": True,  # vLLM's default; false: every prompt is prefilled in full
+    "kv_events_ring": 4096,  # KV events kept for GET /v1/kv/events (0: no events)
 }
 
 VOCAB = 32000
@@ -69,6 +79,9 @@ class SimOptions:
     network_delay_ms: float
     load_s: float
     chars_per_token: int
+    block_size: int
+    enable_prefix_caching: bool
+    kv_events_ring: int
 
     @classmethod
     def from_settings(cls, settings: Any) -> SimOptions:
@@ -92,12 +105,25 @@ class SimOptions:
             network_delay_ms=float(opts["network_delay_ms"]),
             load_s=float(opts["load_s"]),
             chars_per_token=int(opts["chars_per_token"]),
+            block_size=int(opts["block_size"]),
+            enable_prefix_caching=_flag(opts["enable_prefix_caching"]),
+            kv_events_ring=int(opts["kv_events_ring"]),
         )
         if out.prefill_tokens_per_s <= 0 or out.decode_ms < 0 or out.decode_ms_per_seq < 0:
             raise ValueError("sim engine: prefill_tokens_per_s must be > 0 and decode times >= 0")
         if out.kv_capacity_tokens <= 0 or out.max_num_seqs <= 0 or out.chars_per_token <= 0:
             raise ValueError("sim engine: kv_capacity_tokens, max_num_seqs and chars_per_token must be > 0")
+        if out.block_size <= 0 or out.kv_capacity_tokens < out.block_size:
+            raise ValueError("sim engine: block_size must be > 0 and at most kv_capacity_tokens")
         return out
+
+
+def _flag(value: Any) -> bool:
+    if isinstance(value, str):
+        if value.strip().lower() not in ("true", "false", "1", "0", "yes", "no", "on", "off"):
+            raise ValueError(f"sim engine: expected a boolean, got {value!r}")
+        return value.strip().lower() in ("true", "1", "yes", "on")
+    return bool(value)
 
 
 @dataclass(slots=True)
@@ -108,16 +134,23 @@ class _Seq:
     max_tokens: int
     generated: int = 0
     finished: bool = False
-    reserved: int = 0  # KV tokens held
+    reservation: Reservation | None = None  # KV held while running
     not_before: float = 0.0  # loop time before which it may not be admitted (network delay)
+    order: int = 0  # arrival order, the tie-break within a priority class
+    cached_tokens: int = 0
+    hashes: list[int] | None = None  # prompt block hashes, computed once on first admission try
+
+    @property
+    def key(self) -> tuple[int, int]:
+        return (self.request.priority, self.order)
 
 
 @dataclass(slots=True)
 class _State:
-    waiting: deque[_Seq] = field(default_factory=deque)
+    waiting: list[_Seq] = field(default_factory=list)
     running: list[_Seq] = field(default_factory=list)
-    kv_used: int = 0
     steps: int = 0
+    arrivals: int = 0
 
 
 class SimEngine:
@@ -136,12 +169,18 @@ class SimEngine:
             random_weights=True,  # text carries no meaning, like the random-weights demo model
             note=SIM_NOTE,
         )
+        self.kv_events = KvEventLog(self.opts.kv_events_ring) if self.opts.kv_events_ring > 0 else None
+        self.kv = self._new_pool()
         self._state = _State()
         self._seqs: dict[str, _Seq] = {}
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._healthy = False
         self._token_ids = [100 + (zlib.crc32(self.opts.placeholder.encode()) % (VOCAB - 100))]
+
+    def _new_pool(self) -> SimKvPool:
+        o = self.opts
+        return SimKvPool(o.kv_capacity_tokens, o.block_size, o.enable_prefix_caching, self.kv_events)
 
     @property
     def info(self) -> ModelInfo:
@@ -169,6 +208,9 @@ class SimEngine:
                                      completion_tokens=seq.generated))
         self._seqs.clear()
         self._state = _State()
+        self.kv = self._new_pool()
+        if self.kv_events is not None:
+            self.kv_events.cleared()
 
     # --- requests --------------------------------------------------------------------
 
@@ -179,15 +221,16 @@ class SimEngine:
         if n_prompt == 0:
             raise InvalidRequestForEngine("prompt must not be empty", param="prompt")
         need = n_prompt + request.sampling.max_tokens
-        if need > self.opts.kv_capacity_tokens:
+        if self.kv.blocks_needed(need) > self.kv.num_blocks:
             raise InvalidRequestForEngine(
-                f"prompt plus max_tokens ({need}) exceeds the simulated KV capacity ({self.opts.kv_capacity_tokens})",
-                param="max_tokens")
+                f"prompt plus max_tokens ({need}) exceeds the simulated KV capacity "
+                f"({self.kv.num_blocks * self.kv.block_size} tokens)", param="max_tokens")
         if request.request_id in self._seqs:
             raise InvalidRequestForEngine("duplicate request id")
         loop = asyncio.get_running_loop()
         seq = _Seq(request, asyncio.Queue(), n_prompt, request.sampling.max_tokens,
-                   not_before=loop.time() + self.response_delay_s)
+                   not_before=loop.time() + self.response_delay_s, order=self._state.arrivals)
+        self._state.arrivals += 1
         self._seqs[request.request_id] = seq
         self._state.waiting.append(seq)
         self._wake.set()
@@ -222,27 +265,34 @@ class SimEngine:
                 st.waiting.remove(seq)
             except ValueError:
                 pass
-        st.kv_used -= seq.reserved
-        seq.reserved = 0
+        if seq.reservation is not None:
+            self.kv.release(seq.reservation)
+            seq.reservation = None
 
     # --- the scheduler ---------------------------------------------------------------
 
     def _admit(self, now: float) -> int:
-        """Move waiting sequences into the batch (FCFS); return prompt tokens to prefill."""
+        """Move waiting sequences into the batch in (priority, arrival) order; return prompt
+        tokens to prefill (cached ones excluded). The best arrived request that does not fit
+        stops admission: nothing overtakes it."""
         st, o = self._state, self.opts
         prefill = 0
-        while st.waiting and len(st.running) < o.max_num_seqs:
-            seq = st.waiting[0]
-            if seq.not_before > now:
+        while len(st.running) < o.max_num_seqs:
+            arrived = [s for s in st.waiting if s.not_before <= now]
+            if not arrived:
                 break
-            need = seq.prompt_tokens + seq.max_tokens
-            if st.kv_used + need > o.kv_capacity_tokens:
+            seq = min(arrived, key=lambda s: s.key)
+            if seq.hashes is None:
+                seq.hashes = self.kv.prompt_hashes(seq.request.prompt_token_ids)
+            res = self.kv.try_reserve(seq.request.prompt_token_ids, seq.prompt_tokens + seq.max_tokens,
+                                      seq.hashes)
+            if res is None:
                 break
-            st.waiting.popleft()
-            seq.reserved = need
-            st.kv_used += need
+            st.waiting.remove(seq)
+            seq.reservation = res
+            seq.cached_tokens = res.cached_tokens
             st.running.append(seq)
-            prefill += seq.prompt_tokens
+            prefill += seq.prompt_tokens - res.cached_tokens
         return prefill
 
     async def _loop(self) -> None:
@@ -254,7 +304,7 @@ class SimEngine:
                     self._wake.clear()
                     await self._wake.wait()
                     continue
-                delay = st.waiting[0].not_before - loop.time()
+                delay = min(s.not_before for s in st.waiting) - loop.time()
                 if delay > 0:  # the head of the queue is still "on the wire"
                     self._wake.clear()
                     try:
@@ -276,7 +326,8 @@ class SimEngine:
                 seq.out.put_nowait(Delta(
                     token_ids=list(self._token_ids), text=o.placeholder,
                     finish_reason="length" if done else None,
-                    prompt_tokens=seq.prompt_tokens, completion_tokens=seq.generated))
+                    prompt_tokens=seq.prompt_tokens, completion_tokens=seq.generated,
+                    cached_tokens=seq.cached_tokens))
                 if done:
                     self._drop(seq)
 
@@ -284,15 +335,23 @@ class SimEngine:
 
     def stats(self) -> EngineStats:
         st, o = self._state, self.opts
+        by_priority: dict[int, tuple[int, int]] = {}
+        for s in st.waiting:
+            n, toks = by_priority.get(s.request.priority, (0, 0))
+            by_priority[s.request.priority] = (n + 1, toks + s.prompt_tokens)
         return EngineStats(
             num_running=len(st.running),
             num_waiting=len(st.waiting),
             waiting_prompt_tokens=sum(s.prompt_tokens for s in st.waiting),
-            kv_cache_usage=min(1.0, st.kv_used / o.kv_capacity_tokens),
-            kv_total_tokens=o.kv_capacity_tokens,
+            kv_cache_usage=self.kv.usage(),
+            kv_total_tokens=self.kv.num_blocks * self.kv.block_size,
             max_num_seqs=o.max_num_seqs,
             max_num_batched_tokens=o.max_model_len,
             steps=st.steps,
+            waiting_by_priority=by_priority,
+            block_size=self.kv.block_size,
+            num_gpu_blocks=self.kv.num_blocks,
+            prefix_caching=self.kv.prefix_caching,
         )
 
     def is_healthy(self) -> bool:

@@ -41,6 +41,9 @@ def _stat_logger_factory(stats: EngineStats):
         def __init__(self, vllm_config: Any, engine_index: int = 0):
             cache = vllm_config.cache_config
             stats.kv_total_tokens = int((cache.num_gpu_blocks or 0) * cache.block_size)
+            stats.block_size = int(cache.block_size or 0)
+            stats.num_gpu_blocks = int(cache.num_gpu_blocks or 0)
+            stats.prefix_caching = bool(cache.enable_prefix_caching)
             stats.max_num_seqs = vllm_config.scheduler_config.max_num_seqs
             stats.max_num_batched_tokens = vllm_config.scheduler_config.max_num_batched_tokens
 
@@ -66,7 +69,8 @@ class VllmEngine:
         self.model_id = model_id
         self.random_weights = random_weights
         self._stats = EngineStats()
-        self._pending_prompt: dict[str, int] = {}  # request id -> prompt tokens, until first output
+        # request id -> (prompt tokens, priority), until its first output: our view of the queue
+        self._pending_prompt: dict[str, tuple[int, int]] = {}
         self._engine: Any = None
         self._tokenizer: Any = None
         self._info: ModelInfo | None = None
@@ -95,6 +99,7 @@ class VllmEngine:
             quantization=s.quantization if s.quantization not in (None, "auto", "none") else None,
             max_model_len=s.max_model_len, enforce_eager=s.enforce_eager, max_num_seqs=s.max_num_seqs,
             disable_log_stats=False, trust_remote_code=False, seed=0,
+            scheduling_policy="priority",  # the request's priority field (lower first); FCFS within a class
         )
         if current_platform.is_cpu():
             kwargs["kv_cache_memory_bytes"] = int((s.kv_cache_gb or 4.0) * (1 << 30))
@@ -134,7 +139,12 @@ class VllmEngine:
 
     def stats(self) -> EngineStats:
         s = self._stats
-        s.waiting_prompt_tokens = sum(self._pending_prompt.values())
+        by_priority: dict[int, tuple[int, int]] = {}
+        for tokens, prio in list(self._pending_prompt.values()):
+            n, toks = by_priority.get(prio, (0, 0))
+            by_priority[prio] = (n + 1, toks + tokens)
+        s.waiting_prompt_tokens = sum(t for _, t in by_priority.values())
+        s.waiting_by_priority = by_priority
         return s
 
     # --- text -----------------------------------------------------------------------
@@ -185,11 +195,12 @@ class VllmEngine:
             raise InvalidRequestForEngine(str(exc)) from None
         rid = request.request_id
         prompt_len = len(request.prompt_token_ids)
-        self._pending_prompt[rid] = prompt_len
+        self._pending_prompt[rid] = (prompt_len, request.priority)
         finished = False
         completion = 0
         try:
-            stream = self._engine.generate({"prompt_token_ids": request.prompt_token_ids}, params, rid)
+            stream = self._engine.generate({"prompt_token_ids": request.prompt_token_ids}, params, rid,
+                                           priority=request.priority)
             async for out in stream:
                 self._pending_prompt.pop(rid, None)
                 o = out.outputs[0]
@@ -244,7 +255,7 @@ def _finish(reason: str | None) -> Any:
 
 
 def _first_line(exc: BaseException) -> str:
-    from server.api.errors import sanitize
+    from server.edge.errors import sanitize
 
     return sanitize(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
 

@@ -1,39 +1,35 @@
-"""The router's HTTP app, assembled by :func:`create_app`.
+"""The router's HTTP app, assembled by :func:`create_app` from ``routes.py`` (its routes),
+``proxy.py`` (the proxy endpoints, served by :class:`FastPath`) and MCP.
 
 Routes: the OpenAI API (``/v1/chat/completions``, ``/v1/completions``, ``/v1/models``),
-the fleet view (``/v1/fleet``, ``/v1/fleet/pick``), ``/v1/usage``, ``/health``, ``/ready``,
+the fleet view (``/v1/fleet``, ``/v1/fleet/pick``, ``/v1/fleet/warm``), ``/v1/usage``, ``/health``, ``/ready``,
 ``/metrics`` and MCP at ``/mcp``. The whole app sits behind the shared security middleware
 (default-deny auth with exact-route exemptions, Host/Origin guard, body limit).
 """
 
 from __future__ import annotations
 
-import time
 from contextlib import asynccontextmanager
 from contextvars import ContextVar
 from typing import Any
 
 import httpx
-from fastapi import FastAPI, Query, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi import FastAPI
+from fastapi.exceptions import RequestValidationError
 from mcp.server.transport_security import TransportSecuritySettings
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from server import __version__
-from server.api.errors import NotFound, install_handlers
-from server.api.protocol import ChatCompletionRequest, CompletionRequest
-from server.api.security import SecurityMiddleware
 from server.config import is_loopback
+from server.edge.render import install_handlers
+from server.edge.security import SecurityMiddleware
 from server.router.config import RouterSettings
 from server.router.core import Router
 from server.router.mcp_tools import build_mcp
-from server.router.policy import estimate
-from server.router.proxy import ProxyEndpoint
-from server.router.warm import install_warm_routes, warm_model
-from server.router.warmth import model_states
-
-PROXY_ROUTES = {"/v1/chat/completions": ChatCompletionRequest, "/v1/completions": CompletionRequest}
+from server.router.routes import PROXY_ROUTES, fleet_view, models_view, pick_view, proxy_routes, routes
+from server.router.session import pick_info
+from server.router.warm import warm_model
 
 
 class RouterHeader:
@@ -62,9 +58,9 @@ class FastPath:
     hot path every layer costs per request and again per relayed chunk. The proxy renders
     its own errors, as the app's exception handlers would."""
 
-    def __init__(self, app: ASGIApp, router: Router):
+    def __init__(self, app: ASGIApp, proxies: list[Route]):
         self.app = app
-        self.routes = {path: ProxyEndpoint(router, schema) for path, schema in PROXY_ROUTES.items()}
+        self.routes = {route.path: route.app for route in proxies}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         endpoint = self.routes.get(scope["path"]) if scope["type"] == "http" else None
@@ -106,8 +102,8 @@ class LocalBackend:
     async def nodes(self) -> list[dict[str, Any]]:
         return fleet_view(self.router)["nodes"]
 
-    async def pick(self, model: str, prompt_tokens: int, max_tokens: int) -> dict[str, Any]:
-        return pick_view(self.router, model, prompt_tokens, max_tokens)
+    async def pick(self, model: str, prompt_tokens: int, max_tokens: int, **hints: Any) -> dict[str, Any]:
+        return pick_view(self.router, model, pick_info(model, prompt_tokens, max_tokens, **hints))
 
     async def warm(self, model: str) -> dict[str, Any]:
         return (await warm_model(self.router, model))[1]
@@ -121,47 +117,13 @@ class LocalBackend:
         return resp.status_code, resp.json(), resp.headers.get("x-edgefleet-node")
 
 
-def models_view(router: Router) -> list[dict[str, Any]]:
-    now = time.monotonic()
-    out = []
-    for model_id, nodes in sorted(router.registry.models(now).items()):
-        entries = [m for n in nodes for m in n.capacity.models if m.id == model_id]  # type: ignore[union-attr]
-        out.append({"id": model_id, "max_model_len": min((m.max_model_len for m in entries if m.max_model_len),
-                                                          default=0),
-                    "nodes": [n.name for n in nodes], "ready_nodes": [n.name for n in nodes if n.is_ready(now)],
-                    "states": {n.name: model_states(n).get(model_id, "loaded") for n in nodes}})
-    return out
-
-
-def fleet_view(router: Router) -> dict[str, Any]:
-    now = time.monotonic()
-    nodes = []
-    for n in router.registry.nodes():
-        v = n.view(now)
-        est = estimate(n, 512, router.policy.mean_max_tokens)  # type: ignore[attr-defined]
-        v["score_ms"] = None if est.ttft_ms == float("inf") else round(est.ttft_ms, 2)
-        nodes.append(v)
-    return {"object": "fleet", "policy": router.policy.name, "poll_interval_s": router.settings.poll_interval,
-            "score": "predicted TTFT in ms for a 512-token prompt", "nodes": nodes, "models": models_view(router)}
-
-
-def pick_view(router: Router, model: str, prompt_tokens: int, max_tokens: int) -> dict[str, Any]:
-    ranked = router.candidates(model, prompt_tokens, max_tokens)
-    best = ranked[0]
-    return {"node": best.node.name, "base_url": best.node.url + "/v1", "predicted_ttft_ms": round(best.ttft_ms, 2),
-            "policy": router.policy.name, "reason": best.reason(),
-            "alternatives": [{"node": e.node.name, "predicted_ttft_ms": round(e.ttft_ms, 2)} for e in ranked[1:]]}
-
-
 def create_app(settings: RouterSettings) -> tuple[ASGIApp, Router]:
     router = Router(settings)
-    inner: FastAPI
-    mcp_holder: dict[str, Any] = {}
 
     @asynccontextmanager
-    async def lifespan(_: FastAPI):
+    async def lifespan(app: FastAPI):
         await router.start()
-        async with mcp_holder["mcp"].session_manager.run():
+        async with app.state.mcp.session_manager.run():
             try:
                 yield
             finally:
@@ -169,64 +131,14 @@ def create_app(settings: RouterSettings) -> tuple[ASGIApp, Router]:
 
     inner = FastAPI(title="edgefleet router", version=__version__, lifespan=lifespan,
                     docs_url=None, redoc_url=None)
-    install_handlers(inner)
+    inner.state.router = router
+    install_handlers(inner, validation=RequestValidationError)
+    inner.include_router(routes)
+    proxies = proxy_routes(router)
+    inner.router.routes.extend(proxies)  # FastPath serves them; here they keep the app's 405s whole
+    fast = FastPath(RouterHeader(inner), proxies)
 
-    # FastPath serves these; the routes keep the inner app whole (and its 405s) by itself.
-    for path, schema in PROXY_ROUTES.items():
-        inner.router.routes.append(Route(path, ProxyEndpoint(router, schema), methods=["POST"]))
-    fast = FastPath(RouterHeader(inner), router)
-
-    @inner.get("/v1/models")
-    async def list_models() -> dict[str, Any]:
-        data = [{"id": m["id"], "object": "model", "created": 0, "owned_by": "edgefleet", "root": m["id"],
-                 "parent": None, "max_model_len": m["max_model_len"], "states": m["states"]}
-                for m in models_view(router) if m["ready_nodes"]]
-        return {"object": "list", "data": data}
-
-    @inner.get("/v1/fleet")
-    async def fleet() -> dict[str, Any]:
-        return fleet_view(router)
-
-    install_warm_routes(inner, router)
-
-    @inner.get("/v1/fleet/pick")
-    async def pick(model: str, prompt_tokens: int = Query(512, ge=1, le=10_000_000),
-                   max_tokens: int = Query(256, ge=1, le=10_000_000)) -> dict[str, Any]:
-        return pick_view(router, model, prompt_tokens, max_tokens)
-
-    @inner.get("/v1/usage")
-    async def usage(request: Request) -> dict[str, Any]:
-        key_id = request.scope.get("state", {}).get("key_id")
-        table = router.limiter.usage
-        if key_id is not None:  # a client key sees its own usage only
-            table = {key_id: table[key_id]} if key_id in table else {}
-        return {"object": "usage", "keys": {k: u.view() for k, u in sorted(table.items())}}
-
-    @inner.get("/health")
-    async def health() -> dict[str, str]:
-        return {"status": "ok"}
-
-    @inner.get("/ready")
-    async def ready() -> JSONResponse:
-        now = time.monotonic()
-        n = sum(1 for node in router.registry.nodes() if node.is_ready(now))
-        return JSONResponse({"status": "ready" if n else "no_healthy_node", "ready_nodes": n},
-                            status_code=200 if n else 503)
-
-    @inner.get("/metrics")
-    async def metrics() -> Response:
-        body = router.metrics.render(router.registry.nodes(), time.monotonic())
-        return Response(body, media_type="text/plain; version=0.0.4")
-
-    @inner.get("/v1/fleet/nodes/{name}")
-    async def node(name: str) -> dict[str, Any]:
-        n = router.registry.find(name)
-        if n is None:
-            raise NotFound(f"Node '{name[:64]}' is not in this fleet.", code="node_not_found")
-        return n.view(time.monotonic())
-
-    mcp = build_mcp(LocalBackend(router, fast))
-    mcp_holder["mcp"] = mcp
+    inner.state.mcp = mcp = build_mcp(LocalBackend(router, fast))
     # Host/Origin and auth are checked by SecurityMiddleware for /mcp like any other route.
     mcp_app = mcp.streamable_http_app(
         streamable_http_path="/mcp", stateless_http=True,
@@ -238,4 +150,3 @@ def create_app(settings: RouterSettings) -> tuple[ASGIApp, Router]:
         allowed_hosts=settings.allowed_hosts, allowed_origins=settings.allowed_origins,
         max_body_bytes=settings.max_body_bytes, body_first=PROXY_ROUTES)
     return app, router
-

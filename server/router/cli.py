@@ -11,6 +11,7 @@ from typing import Any
 import click
 
 from server.config import is_loopback
+from server.transport import limits_from, transport_options
 
 log = logging.getLogger("edgefleet.router")
 
@@ -24,7 +25,7 @@ def opt(*names: str, **kw: Any):
 def _hash_key(ctx: click.Context, _p: click.Parameter, value: bool) -> None:
     if not value or ctx.resilient_parsing:
         return
-    from server.api.security import hash_key
+    from server.edge.security import hash_key
 
     key = sys.stdin.readline().strip()
     if not key:
@@ -44,12 +45,16 @@ def _hash_key(ctx: click.Context, _p: click.Parameter, value: bool) -> None:
 @opt("--discover-interface", "discover_interfaces", multiple=True, help="Interface address for mDNS (repeatable).")
 @opt("--discovered-node-key-file", type=click.Path(dir_okay=False), default=None,
      help="File with the key the router presents to nodes found over mDNS (nodes that share one --api-key).")
+@opt("--discovery-allow-network", "discovery_allow_networks", multiple=True,
+     help="CIDR that discovered nodes may be in (repeatable). Default: any but loopback and link-local. Without "
+     "--discovered-node-key-file only nodes in these networks are admitted.")
 @opt("--host", default="127.0.0.1", show_default=True, help="Bind address. Non-loopback needs a key or --insecure.")
 @opt("--port", type=int, default=8080, show_default=True)
 @opt("--api-key", default=None, help="A client key the router accepts (id 'default'); more in the fleet file.")
 @opt("--api-key-file", type=click.Path(dir_okay=False), default=None, help="Read that client key from a file.")
 @opt("--insecure", is_flag=True, default=False, help="Allow a non-loopback bind without client keys.")
-@opt("--policy", type=click.Choice(["nearest_idle", "round_robin", "random", "least_loaded"]), default=None,
+@opt("--policy", type=click.Choice(["nearest_idle", "cache_blind", "cache_aware", "session_sticky",
+                                           "round_robin", "random", "least_loaded"]), default=None,
      help="Routing policy. [default: nearest_idle]")
 @opt("--poll-interval", type=float, default=None, help="Seconds between capacity polls. [default: 1.0]")
 @opt("--max-attempts", type=int, default=3, show_default=True, help="Nodes tried before the first byte.")
@@ -66,6 +71,9 @@ def _hash_key(ctx: click.Context, _p: click.Parameter, value: bool) -> None:
 @opt("--allowed-host", "allowed_hosts", multiple=True, help="Extra Host header values accepted.")
 @opt("--allowed-origin", "allowed_origins", multiple=True, help="Extra browser Origins accepted.")
 @opt("--max-body-bytes", type=int, default=4 << 20, show_default=True)
+@opt("--max-response-bytes", type=click.IntRange(min=1), default=64 << 20, show_default=True,
+     help="Largest response body accepted from a node (streamed or whole); past it the client gets an error.")
+@transport_options(opt)
 @opt("--seed", type=int, default=None, help="Seed for random tie-breaking (experiments).")
 @opt("--log-level", default="info", show_default=True)
 def route(**kw: Any) -> None:
@@ -73,7 +81,9 @@ def route(**kw: Any) -> None:
     import uvicorn
 
     from server.router.app import create_app
+    from server.transport import server_config
 
+    limits = limits_from(kw)
     settings = build_settings(kw)
     logging.basicConfig(level=kw["log_level"].upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per upstream call is noise
@@ -93,16 +103,22 @@ def route(**kw: Any) -> None:
     gc.freeze()
     # No X-Forwarded-* rewriting: nothing in the router reads the client address, and the
     # middleware would run on every proxied request.
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level=kw["log_level"].lower(),
-                access_log=False, proxy_headers=False, timeout_graceful_shutdown=5)
+    config = server_config(app, host=settings.host, port=settings.port, limits=limits,
+                           log_level=kw["log_level"].lower(), proxy_headers=False, timeout_graceful_shutdown=5)
+    uvicorn.Server(config).run()
 
 
 def build_settings(kw: dict[str, Any]):
-    from server.api.security import ApiKey, KeyStore, hash_key
+    from server.edge.security import ApiKey, KeyStore, hash_key
     from server.config import read_key_file
     from server.router.config import RouterSettings, keys_from_fleet, load_fleet
-    from server.router.registry import NodeSpec
+    from server.router.registry import NodeSpec, normalize_url
 
+    for u in kw["nodes"]:
+        try:
+            normalize_url(u)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--node") from None
     specs = [NodeSpec(url=u) for u in kw["nodes"]]
     keys: list[ApiKey] = []
     limits = {}
@@ -118,6 +134,7 @@ def build_settings(kw: dict[str, Any]):
     key = kw["api_key"] or (read_key_file(kw["api_key_file"]) if kw["api_key_file"] else None)
     if key:
         keys.append(ApiKey("default", hash_key(key)))
+    _check_networks(tuple(kw.get("discovery_allow_networks", ())))
     discover = kw["discover"] if kw["discover"] is not None else router_opts.get("discover", not specs)
     try:
         discovered_key = read_key_file(kw["discovered_node_key_file"]) if kw["discovered_node_key_file"] else None
@@ -135,12 +152,23 @@ def build_settings(kw: dict[str, Any]):
             open_s=kw["open_seconds"], discover=bool(discover),
             discover_interfaces=list(kw["discover_interfaces"]) or None,
             discovered_node_key=discovered_key,
+            discovery_allow_networks=tuple(kw.get("discovery_allow_networks", ())),
             host=kw["host"], port=kw["port"], keys=KeyStore(keys), limits=limits,
             allowed_hosts=tuple(kw["allowed_hosts"]), allowed_origins=tuple(kw["allowed_origins"]),
-            max_body_bytes=kw["max_body_bytes"], audit_log=kw["audit_log"], log_prompts=kw["log_prompts"],
+            max_body_bytes=kw["max_body_bytes"], max_response_bytes=kw.get("max_response_bytes", 64 << 20),
+            audit_log=kw["audit_log"], log_prompts=kw["log_prompts"],
         )
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
+
+
+def _check_networks(values: tuple[str, ...]) -> None:
+    from server.router.trust import parse_networks
+
+    try:
+        parse_networks(values)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--discovery-allow-network") from None
 
 
 @click.command()

@@ -19,6 +19,8 @@ Fleet file::
     requests_per_min = 60
     tokens_per_min = 200000
     max_concurrent = 4
+    priority_default = 10         # optional: priority when a request gives none (lower runs first)
+    priority_min = 0              # optional: the most urgent priority this key may ask for (clamped)
 """
 
 from __future__ import annotations
@@ -31,13 +33,13 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from server.api.security import ApiKey, KeyStore, hash_key
+from server.edge.security import ApiKey, KeyStore, hash_key
 from server.router.limits import KeyLimits
 from server.router.registry import NodeSpec, normalize_url
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", hide_input_in_errors=True)  # errors never echo keys or URLs
 
 
 class FleetNode(_Strict):
@@ -71,6 +73,8 @@ class FleetKey(_Strict):
     requests_per_min: int | None = Field(None, ge=1)
     tokens_per_min: int | None = Field(None, ge=1)
     max_concurrent: int | None = Field(None, ge=1)
+    priority_default: int | None = Field(None, ge=-100, le=100)
+    priority_min: int | None = Field(None, ge=-100, le=100)
 
 
 class FleetFile(_Strict):
@@ -106,6 +110,7 @@ class RouterSettings:
     discover: bool = False
     discover_interfaces: list[str] | None = None
     discovered_node_key: str | None = field(default=None, repr=False)  # presented to nodes found over mDNS
+    discovery_allow_networks: tuple[str, ...] = ()  # CIDRs discovered nodes may be in (server/router/trust.py)
     host: str = "127.0.0.1"
     port: int = 8080
     keys: KeyStore = field(default_factory=KeyStore)
@@ -113,6 +118,7 @@ class RouterSettings:
     allowed_hosts: tuple[str, ...] = ()
     allowed_origins: tuple[str, ...] = ()
     max_body_bytes: int = 4 << 20
+    max_response_bytes: int = 64 << 20  # a node's response body (server/router/upstream.py)
     audit_log: str | None = None
     log_prompts: bool = False
     default_max_tokens: int = 256  # for scoring when a request sets none
@@ -120,7 +126,8 @@ class RouterSettings:
 
 def keys_from_fleet(fleet: FleetFile) -> tuple[list[ApiKey], dict[str, KeyLimits]]:
     keys = [ApiKey(k.id, k.hash) for k in fleet.keys]
-    limits = {k.id: KeyLimits(k.requests_per_min, k.tokens_per_min, k.max_concurrent) for k in fleet.keys}
+    limits = {k.id: KeyLimits(k.requests_per_min, k.tokens_per_min, k.max_concurrent,
+                                k.priority_default, k.priority_min) for k in fleet.keys}
     return keys, limits
 
 

@@ -8,44 +8,29 @@ before the first byte).
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import logging
 import secrets
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
-from server.api.errors import ApiError, ModelNotFound, NotFound
+from server.edge.errors import ModelNotFound, NoHealthyNode, NotFound, Overloaded, UpstreamTimeout
 from server.router.audit import AuditLog
 from server.router.config import RouterSettings
 from server.router.limits import RateLimiter
 from server.router.metrics import RouterMetrics
-from server.router.policy import Estimate, estimate, make_policy
+from server.router.policy import Estimate, RequestInfo, estimate, make_policy
+from server.router.prefix_index import PrefixIndex
 from server.router.poller import Poller
-from server.router.registry import Node, NodeSpec, Registry
+from server.router.registry import FailureOutcome, Node, NodeSpec, Registry
 from server.router.upstream import ConnectTimeout, Response, UpstreamIOError, UpstreamPool
 from server.router.warmth import prefer_warm
 
 log = logging.getLogger("edgefleet.router")
 
 RETRY_STATUSES = frozenset({429, 503})
-
-
-class NoHealthyNode(ApiError):
-    status_code = 503
-    type = "server_error"
-    code = "no_healthy_node"
-
-
-class UpstreamError(ApiError):
-    status_code = 502
-    type = "server_error"
-    code = "upstream_error"
-
-
-class UpstreamTimeout(ApiError):
-    status_code = 504
-    type = "server_error"
-    code = "upstream_timeout"
+ADMIT_RETRY_S = (0.2, 0.5, 1, 2, 4, 8, 15, 30, 0)  # waits between admission challenges to an unreachable node
 
 
 @dataclass(slots=True)
@@ -60,13 +45,18 @@ class Router:
         self.registry = Registry(settings.failure_threshold, settings.success_threshold, settings.open_s)
         for spec in settings.nodes:
             self.registry.add(spec)
-        self.policy = make_policy(settings.policy, settings.seed)
+        self.index = PrefixIndex()  # which prompt prefixes each node is believed to hold
+        self.policy = make_policy(settings.policy, settings.seed, self.index)
         self.limiter = RateLimiter(settings.limits)
         self.audit = AuditLog(settings.audit_log, settings.log_prompts)
-        self.metrics = RouterMetrics()
+        self.metrics = RouterMetrics(self.index)
         self.upstream: UpstreamPool | None = None  # proxied requests (the hot path) and capacity polls
         self.poller: Poller | None = None
         self.browser = None  # server.router.discovery.NodeBrowser when --discover
+        self._admitting: dict[str, asyncio.Task[None]] = {}  # announced URL -> its admission check
+        from server.router.trust import parse_networks
+
+        self._allowed_networks = parse_networks(settings.discovery_allow_networks)
 
     # --- lifecycle -------------------------------------------------------------------
 
@@ -75,7 +65,7 @@ class Router:
         # The nodes' own pool: lean keep-alive HTTP/1.1 (server/router/upstream.py), because
         # every agent call crosses it and aiohttp alone cost more than the router's 1 ms goal.
         # It never goes through an environment proxy.
-        self.upstream = UpstreamPool(read_timeout=s.read_timeout)
+        self.upstream = UpstreamPool(read_timeout=s.read_timeout, max_body_bytes=s.max_response_bytes)
         self.poller = Poller(self.registry, self.upstream, s.poll_interval)
         await self.poller.poll_once()  # know the fleet before the first request
         self.poller.start()
@@ -84,10 +74,15 @@ class Router:
 
             self.browser = NodeBrowser(self._discovered, self._vanished, interfaces=s.discover_interfaces)
             await self.browser.start()
+            if not s.discovered_node_key and not self._allowed_networks:
+                log.warning("mDNS discovery is on but can admit no node: give --discovered-node-key-file (nodes "
+                            "prove they hold it) or --discovery-allow-network CIDR (docs/deploy.md, Trust model)")
 
     async def stop(self) -> None:
         if self.browser is not None:
             await self.browser.stop()
+        for task in list(self._admitting.values()):
+            task.cancel()
         if self.poller is not None:
             await self.poller.stop()
         if self.upstream is not None:
@@ -95,12 +90,47 @@ class Router:
         self.audit.close()
 
     def _discovered(self, spec: NodeSpec) -> None:
-        if spec.api_key is None and self.settings.discovered_node_key:
-            spec.api_key = self.settings.discovered_node_key  # an announcement never carries a key
+        """An announcement: admitted only once it passes server/router/trust.py (G1, G2)."""
+        if self.registry.find(spec.url) is not None or spec.url in self._admitting:
+            return
+        task = asyncio.ensure_future(self._admit(spec))
+        self._admitting[spec.url] = task
+        task.add_done_callback(
+            lambda t, url=spec.url: self._admitting.pop(url) if self._admitting.get(url) is t else None)
+
+    async def _admit(self, spec: NodeSpec) -> None:
+        from server.router import trust
+
+        s = self.settings
+        why = trust.address_refusal(spec.url, self._allowed_networks)
+        kind = "address"
+        if why is None and s.discovered_node_key:
+            assert self.upstream is not None
+            kind = "proof"
+            for delay in ADMIT_RETRY_S:  # until the node listens; cancelled if it says goodbye
+                try:
+                    why = await trust.challenge(self.upstream, spec.url, s.discovered_node_key, spec.node_id,
+                                                timeout=max(2.0, s.connect_timeout))
+                    kind = "proof"
+                    break
+                except trust.Unreachable as exc:
+                    why, kind = str(exc), "unreachable"
+                    await asyncio.sleep(delay)
+        elif why is None and not self._allowed_networks:
+            why = "no --discovered-node-key-file to verify it and no --discovery-allow-network trusts it"
+            kind = "unverifiable"
+        if why is not None:
+            self.metrics.discovery_refused.labels(kind).inc()
+            log.warning("not admitting the node announced at %s: %s", spec.url, why)
+            return
+        spec.api_key = s.discovered_node_key  # only now, after the proof; an announcement never carries one
         node = self.registry.add(spec)
         log.info("discovered node %s at %s", node.name, node.url)
 
     def _vanished(self, url: str) -> None:
+        task = self._admitting.pop(url, None)
+        if task is not None:
+            task.cancel()
         node = self.registry.find(url)
         if node is not None and node.source == "mdns":
             self.registry.remove(url)
@@ -108,9 +138,11 @@ class Router:
 
     # --- choosing --------------------------------------------------------------------
 
-    def candidates(self, model: str, prompt_tokens: int, max_tokens: int,
+    def candidates(self, model: str, req: RequestInfo,
                    zone: str | None = None, pin: str | None = None) -> list[Estimate]:
         now = time.monotonic()
+        if req.model != model:  # the policies add the model's load/wake time where it is cold
+            req = replace(req, model=model)
         if pin:
             node = self.registry.find(pin)
             if node is None:
@@ -120,8 +152,12 @@ class Router:
                 raise ModelNotFound(f"Node '{node.name}' does not serve model '{model[:128]}'.", param="model")
             if not node.is_ready(now):
                 raise self.no_healthy(f"Node '{node.name}' is not ready.")
-            return [estimate(node, prompt_tokens, model=model)]
+            return [estimate(node, req.prompt_tokens, cached_tokens=self.predicted_cached(node, req),
+                             priority=req.priority, cache_aware=True, now=req.now, model=model)]
         nodes = self.registry.nodes()
+        for n in nodes:
+            if not n.is_ready(now) and self.index.blocks(n.url):
+                self.index.forget(n.url)  # down, sleeping or draining: assume its cache is gone
         serving = [n for n in nodes if n.serves(model)]
         if not serving:
             if not nodes or any(n.capacity is None for n in nodes):
@@ -136,9 +172,12 @@ class Router:
             near = [n for n in ready if n.zone == zone]
             far = [n for n in ready if n.zone != zone]
             if near:
-                return (prefer_warm(self.policy.rank(near, prompt_tokens, max_tokens, model), model)
-                        + (prefer_warm(self.policy.rank(far, prompt_tokens, max_tokens, model), model) if far else []))
-        return prefer_warm(self.policy.rank(ready, prompt_tokens, max_tokens, model), model)
+                return (prefer_warm(self.policy.rank(near, req), model)
+                        + (prefer_warm(self.policy.rank(far, req), model) if far else []))
+        return prefer_warm(self.policy.rank(ready, req), model)
+
+    def predicted_cached(self, node: Node, req: RequestInfo) -> int:
+        return self.index.match(node.url, req.hashes, req.session) * self.index.block_tokens if req.hashes else 0
 
     def no_healthy(self, message: str = "No healthy node is available.") -> NoHealthyNode:
         retry = max(1, round(self.settings.open_s))
@@ -168,21 +207,21 @@ class Router:
                 break
             node = est.node
             headers = {"content-type": "application/json", "x-request-id": request_id, **node.auth_headers}
-            node.on_dispatch()
+            node.on_dispatch(est.prefill_tokens, time.monotonic() + (est.wait_ms + est.prefill_ms) / 1000.0)
             try:
                 resp = await self.upstream.request(
                     node.url, path, body, headers, connect_timeout=min(s.connect_timeout, remaining),
                     head_timeout=min(s.first_byte_timeout, remaining) if stream else s.read_timeout)
             except ConnectTimeout:
-                self._failed(node, attempts, "connect_timeout", trip=False)
+                self._failed(node, attempts, "connect_timeout")
                 continue
             except TimeoutError:
-                self._failed(node, attempts, "timeout", trip=False)
+                self._failed(node, attempts, "timeout")
                 if not stream:
                     raise UpstreamTimeout("The node did not answer in time.") from None
                 continue
             except UpstreamIOError:
-                self._failed(node, attempts, "connect_error", trip=True)
+                self._failed(node, attempts, "connect_error")
                 continue
             except BaseException:
                 node.on_done()  # cancelled (client gone): release before propagating
@@ -198,21 +237,14 @@ class Router:
             attempts.append(Attempt(node.name, "ok"))
             return node, resp
         if busy:
-            from server.api.errors import Overloaded
-
             raise Overloaded("Every node that serves this model is busy; retry later.",
                              headers={"Retry-After": _retry_after(retry_after)})
         raise self.no_healthy("No node could be reached for this request.")
 
-    def _failed(self, node: Node, attempts: list[Attempt], outcome: str, trip: bool) -> None:
-        now = time.monotonic()
+    def _failed(self, node: Node, attempts: list[Attempt], outcome: FailureOutcome) -> None:
         node.on_done()
-        node.failures += 1
-        node.last_error = outcome
-        if trip:
-            node.breaker.trip(now)
-        else:
-            node.breaker.record_failure(now)
+        if node.record_failure(outcome):
+            self.index.forget(node.url)  # tripped: the node may be gone, its cache with it
         attempts.append(Attempt(node.name, outcome))
         self.metrics.failovers.inc()
         log.warning("node %s failed before the first byte (%s); trying the next", node.name, outcome)

@@ -19,6 +19,8 @@ class KeyLimits:
     requests_per_min: int | None = None
     tokens_per_min: int | None = None
     max_concurrent: int | None = None
+    priority_default: int | None = None  # used when a request gives none (server/router/session.py)
+    priority_min: int | None = None  # the most urgent priority this key may use
 
 
 @dataclass(slots=True)

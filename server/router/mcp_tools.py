@@ -14,7 +14,7 @@ from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
 
 from server import __version__
-from server.api.errors import ApiError
+from server.edge.errors import ApiError
 
 INSTRUCTIONS = (
     "edgefleet routes OpenAI-compatible requests across a fleet of inference nodes. "
@@ -26,7 +26,9 @@ INSTRUCTIONS = (
 class FleetBackend(Protocol):
     async def models(self) -> list[dict[str, Any]]: ...
     async def nodes(self) -> list[dict[str, Any]]: ...
-    async def pick(self, model: str, prompt_tokens: int, max_tokens: int) -> dict[str, Any]: ...
+    async def pick(self, model: str, prompt_tokens: int, max_tokens: int, **hints: Any) -> dict[str, Any]:
+        """``hints``: messages, session, priority (server/router/session.py pick_info)."""
+        ...
     async def warm(self, model: str) -> dict[str, Any]: ...
     async def chat(self, body: dict[str, Any], key_id: str | None = None) -> tuple[int, dict[str, Any], str | None]:
         """``key_id``: the client key that called the tool, when the transport authenticated one."""
@@ -70,10 +72,16 @@ def build_mcp(backend: FleetBackend) -> MCPServer:
         raise ToolError(f"node_not_found: node {node!r} is not in this fleet")
 
     @mcp.tool()
-    async def pick_node(model: str, prompt_tokens: int = 512, max_tokens: int = 256) -> dict[str, Any]:
-        """The node that would answer first: its base URL, predicted TTFT in ms, and why."""
+    async def pick_node(model: str, prompt_tokens: int = 512, max_tokens: int = 256,
+                        messages: list[dict[str, Any]] | None = None, session: str | None = None,
+                        priority: int | None = None) -> dict[str, Any]:
+        """The node that would answer first: its base URL, predicted TTFT in ms, predicted
+        cached prompt tokens, and why. Give ``messages`` (and the agent's ``session`` key) to
+        see where the conversation's context is; ``priority``: lower runs first."""
+        hints = {k: v for k, v in (("messages", messages), ("session", session), ("priority", priority))
+                 if v is not None}
         try:
-            return await backend.pick(model, prompt_tokens, max_tokens)
+            return await backend.pick(model, prompt_tokens, max_tokens, **hints)
         except ApiError as err:
             raise ToolError(f"{err.code}: {err.message}") from None
 
@@ -137,8 +145,21 @@ class HttpBackend:
     async def nodes(self) -> list[dict[str, Any]]:
         return (await self._get("/v1/fleet"))["nodes"]
 
-    async def pick(self, model: str, prompt_tokens: int, max_tokens: int) -> dict[str, Any]:
-        return await self._get("/v1/fleet/pick", model=model, prompt_tokens=prompt_tokens, max_tokens=max_tokens)
+    async def pick(self, model: str, prompt_tokens: int, max_tokens: int, **hints: Any) -> dict[str, Any]:
+        messages = hints.pop("messages", None)
+        if messages is not None:
+            body = {"model": model, "messages": messages, "max_tokens": max_tokens}
+            if hints.get("priority") is not None:
+                body["priority"] = hints["priority"]
+            headers = {"x-edgefleet-session": hints["session"]} if hints.get("session") else {}
+            resp = await self.client.post("/v1/fleet/pick", json=body, headers=headers)
+            if resp.status_code != 200:
+                err = resp.json().get("error", {}) if resp.headers.get("content-type", "").startswith(
+                    "application/json") else {}
+                raise ToolError(f"{err.get('code')}: {err.get('message', '')} (router answered HTTP {resp.status_code})")
+            return resp.json()
+        return await self._get("/v1/fleet/pick", model=model, prompt_tokens=prompt_tokens, max_tokens=max_tokens,
+                               **{k: v for k, v in hints.items() if v is not None})
 
     async def warm(self, model: str) -> dict[str, Any]:
         resp = await self.client.post("/v1/fleet/warm", json={"model": model})

@@ -8,7 +8,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 
 
 class RouterMetrics:
-    def __init__(self) -> None:
+    def __init__(self, index: Any = None) -> None:
+        self.index = index  # server.router.prefix_index.PrefixIndex
         self.registry = CollectorRegistry()
         self.requests = Counter("edgefleet_router_requests", "Requests by node and outcome",
                                 ["node", "status"], registry=self.registry)
@@ -19,12 +20,24 @@ class RouterMetrics:
         self.latency = Histogram("edgefleet_router_request_seconds", "End-to-end latency through the router",
                                  registry=self.registry,
                                  buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60))
+        self.discovery_refused = Counter("edgefleet_router_discovery_refused", "mDNS announcements not admitted",
+                                         ["reason"], registry=self.registry)
         self.node_up = Gauge("edgefleet_router_node_up", "1 if the node takes traffic", ["node"],
                              registry=self.registry)
         self.node_inflight = Gauge("edgefleet_router_node_inflight", "Router requests in flight per node",
                                    ["node"], registry=self.registry)
         self.node_rtt = Gauge("edgefleet_router_node_rtt_ms", "Capacity poll round trip", ["node"],
                               registry=self.registry)
+        self.predicted_cached = Counter(
+            "edgefleet_router_predicted_cached_tokens",
+            "Cached prompt tokens the router predicted, on requests whose node reported cached_tokens",
+            ["node"], registry=self.registry)
+        self.reported_cached = Counter(
+            "edgefleet_router_reported_cached_tokens", "Cached prompt tokens the nodes reported (usage)",
+            ["node"], registry=self.registry)
+        self.index_blocks = Gauge("edgefleet_router_prefix_index_blocks",
+                                  "Prefix blocks the router believes each node holds", ["node"],
+                                  registry=self.registry)
 
         self._outcomes: dict[tuple[str, int], Any] = {}
 
@@ -42,4 +55,6 @@ class RouterMetrics:
             self.node_inflight.labels(n.name).set(n.inflight)
             if n.rtt_ms is not None:
                 self.node_rtt.labels(n.name).set(n.rtt_ms)
+            if self.index is not None:
+                self.index_blocks.labels(n.name).set(self.index.blocks(n.url))
         return generate_latest(self.registry)

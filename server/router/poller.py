@@ -13,13 +13,16 @@ import time
 from pydantic import ValidationError
 
 from server.capacity.schema import Capacity
-from server.router.policy import REF_MAX_TOKENS, REF_PROMPT_TOKENS
+from server.router.policy import POLL_PRIORITY, REF_MAX_TOKENS, REF_PROMPT_TOKENS
 from server.router.registry import Node, Registry
+from server.router.trust import bound_capacity
 from server.router.upstream import ConnectFailed, ConnectTimeout, UpstreamIOError, UpstreamPool
 
 log = logging.getLogger("edgefleet.router.poller")
 
-CAPACITY_PATH = f"/v1/capacity?prompt_tokens={REF_PROMPT_TOKENS}&max_tokens={REF_MAX_TOKENS}"
+CAPACITY_PATH = (f"/v1/capacity?prompt_tokens={REF_PROMPT_TOKENS}&max_tokens={REF_MAX_TOKENS}"
+                 f"&priority={POLL_PRIORITY}")
+CAPACITY_MAX_BYTES = 1 << 20  # a capacity document is a few KiB
 
 
 async def poll_node(pool: UpstreamPool, node: Node, timeout: float, registry: Registry | None = None) -> bool:
@@ -27,7 +30,7 @@ async def poll_node(pool: UpstreamPool, node: Node, timeout: float, registry: Re
     try:
         async with asyncio.timeout(timeout):
             resp = await pool.request(node.url, CAPACITY_PATH, b"", node.auth_headers, method="GET",
-                                      connect_timeout=timeout, head_timeout=None)
+                                      connect_timeout=timeout, head_timeout=None, max_body=CAPACITY_MAX_BYTES)
             try:
                 body = await resp.read()
             finally:
@@ -35,7 +38,7 @@ async def poll_node(pool: UpstreamPool, node: Node, timeout: float, registry: Re
         rtt_ms = (time.monotonic() - start) * 1000.0
         if resp.status != 200:
             raise RuntimeError(f"capacity answered HTTP {resp.status}")
-        capacity = Capacity.model_validate_json(body)
+        capacity = bound_capacity(Capacity.model_validate_json(body))  # G3: no absurd figure reaches policy
     except (UpstreamIOError, TimeoutError, RuntimeError, ValidationError, ValueError) as exc:
         now = time.monotonic()
         was = node.breaker.poll_state(now)

@@ -15,27 +15,25 @@ import logging
 import time
 from typing import Any
 
-from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import Receive, Scope, Send
 
-from server.api.errors import (ApiError, InternalError, InvalidRequest, RateLimited, UnsupportedMediaType,
-                               error_response, validation_error)
-from server.api.protocol import ChatCompletionRequest, CompletionRequest
-from server.router.core import Attempt, Router, UpstreamError, new_request_id
+from server.edge.errors import (ApiError, ClientGone, InternalError, InvalidRequest, RateLimited, UpstreamError,
+                                UpstreamTimeout, validation_error)
+from server.edge.media import require_json
+from server.edge.protocol import ChatCompletionRequest, CompletionRequest
+from server.edge.render import send_error, sse_error_event
+from server.router.core import Attempt, Router, new_request_id
 from server.router.limits import KeyUsage, Limited
 from server.router.registry import Node
+from server.router.session import CLAMPED_HEADER, RouteContext, build_context, cached_tokens_of, on_reported, on_routed
 from server.router.upstream import Response as UpstreamResponse
-from server.router.upstream import UpstreamIOError
+from server.router.upstream import ResponseTooLarge, UpstreamIOError
 
 CHARS_PER_TOKEN = 4  # prompt-length estimate for scoring; the node counts exactly
 
 log = logging.getLogger("edgefleet.router")
-
-
-class _ClientGone(Exception):
-    """The client left before its request body was in."""
 
 
 def parse_body(raw: bytes, model: type[ChatCompletionRequest] | type[CompletionRequest]) -> Any:
@@ -44,11 +42,7 @@ def parse_body(raw: bytes, model: type[ChatCompletionRequest] | type[CompletionR
     try:
         return model.model_validate_json(raw)
     except ValidationError as exc:
-        err = RequestValidationError(exc.errors(include_url=False))
-        first = err.errors()[0] if err.errors() else {}
-        if first.get("type") in ("json_invalid", "model_type") and not first.get("loc"):
-            raise validation_error(err) from None  # the body as a whole: not JSON, not an object
-        raise err from None
+        raise validation_error(exc.errors(include_url=False)) from None
     except RecursionError:
         raise InvalidRequest("Request body is nested too deeply.") from None
 
@@ -76,7 +70,7 @@ class Exchange:
 
     __slots__ = ("router", "request_id", "key_id", "model", "stream", "started", "usage", "node", "resp",
                  "attempts", "status", "error", "prompt_tokens", "completion_tokens", "estimated",
-                 "ttft_ms", "prompt", "_done")
+                 "ttft_ms", "prompt", "route", "_done")
 
     def __init__(self, router: Router, request_id: str, key_id: str, model: str, stream: bool,
                  prompt_tokens: int, prompt: Any):
@@ -97,6 +91,7 @@ class Exchange:
         self.estimated = True
         self.ttft_ms: float | None = None
         self.prompt = prompt
+        self.route: RouteContext | None = None
         self._done = False
 
     def take_usage(self, usage: dict[str, Any] | None) -> None:
@@ -104,6 +99,8 @@ class Exchange:
             self.prompt_tokens = int(usage.get("prompt_tokens") or self.prompt_tokens)
             self.completion_tokens = int(usage.get("completion_tokens") or 0)
             self.estimated = False
+            if self.route is not None:
+                self.route.reported_cached_tokens = cached_tokens_of(usage)
 
     async def finish(self) -> None:
         if self._done:
@@ -122,6 +119,9 @@ class Exchange:
             r.limiter.release(self.usage, now, self.prompt_tokens, self.completion_tokens, ok)
         node = self.node.name if self.node else "-"
         r.metrics.observe(node, self.status, now - self.started)
+        route = self.route
+        if route is not None and ok:
+            on_reported(r.index, route, r.metrics, node)
         if r.audit.enabled:
             r.audit.write({
                 "request_id": self.request_id, "key_id": self.key_id, "model": self.model, "node": node,
@@ -131,12 +131,16 @@ class Exchange:
                 "tokens_estimated": self.estimated,
                 "ttft_ms": None if self.ttft_ms is None else round(self.ttft_ms, 2),
                 "latency_ms": round((now - self.started) * 1000.0, 2),
+                **({} if route is None else {
+                    "session": route.info.session, "priority": route.info.priority,
+                    "predicted_cached_tokens": route.predicted_blocks * r.index.block_tokens,
+                    "cached_tokens": route.reported_cached_tokens}),
             }, prompt=self.prompt)
 
 
-def _error_event(code: str, message: str) -> bytes:
-    body = {"error": {"message": message, "type": "server_error", "param": None, "code": code}}
-    return b"\n\ndata: " + json.dumps(body).encode() + b"\n\n"
+def _error_event(err: ApiError) -> bytes:
+    # The blank line first ends whatever event the node left half-sent.
+    return b"\n\n" + sse_error_event(err)
 
 
 def _last_usage(chunk: bytes) -> dict[str, Any] | None:
@@ -204,17 +208,21 @@ async def _read_body(receive: Receive) -> bytes:
     while True:
         message = await receive()
         if message["type"] == "http.disconnect":
-            raise _ClientGone
+            raise ClientGone
         parts.append(message.get("body", b""))
         if not message.get("more_body"):
             return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
-async def _send_error(scope: Scope, receive: Receive, send: Send, err: ApiError) -> None:
-    response = error_response(err)
-    if "x-edgefleet-node" not in response.headers:
-        response.headers["x-edgefleet-node"] = "router"
-    await response(scope, receive, send)
+async def _send_error(send: Send, err: ApiError) -> None:
+    if not any(k.lower() == "x-edgefleet-node" for k in err.headers):
+        err.headers["x-edgefleet-node"] = "router"
+    await send_error(send, err)
+
+
+def _mark(ex: Exchange | None, status: int, error: str | None) -> None:
+    if ex is not None:
+        ex.status, ex.error = status, error
 
 
 async def handle(router: Router, scope: Scope, receive: Receive, send: Send,
@@ -227,10 +235,10 @@ async def handle(router: Router, scope: Scope, receive: Receive, send: Send,
     headers = dict(scope["headers"])
     ex: Exchange | None = None
     watch: _Watch | None = None
+    reply: ApiError | None = None  # an error to answer with, once the exchange is finished
+    opened = False  # the node answered: _relay or _whole owns the exchange from here
     try:
-        ctype = headers.get(b"content-type", b"application/json").split(b";")[0].strip().lower()
-        if ctype != b"application/json":
-            raise UnsupportedMediaType("Content-Type must be application/json.")
+        require_json(headers.get(b"content-type"))
         raw = await _read_body(receive)
         req = parse_body(raw, schema)
         key_id = scope.get("state", {}).get("key_id", "anonymous")
@@ -238,7 +246,9 @@ async def handle(router: Router, scope: Scope, receive: Receive, send: Send,
         max_tokens = (req.requested_max_tokens() if isinstance(req, ChatCompletionRequest) else req.max_tokens) \
             or router.settings.default_max_tokens
         prompt = _prompt_of(raw) if router.audit.log_prompts else None
+        route = build_context(req, raw, headers, router.settings.limits.get(key_id), prompt_tokens, max_tokens)
         ex = Exchange(router, new_request_id(), key_id, req.model, req.stream, prompt_tokens, prompt)
+        ex.route = route
         try:
             ex.usage = router.limiter.acquire(key_id, ex.started)
         except Limited as lim:
@@ -246,50 +256,54 @@ async def handle(router: Router, scope: Scope, receive: Receive, send: Send,
             raise RateLimited(f"Rate limit exceeded for this key ({lim.what}).",
                               headers={"Retry-After": str(lim.retry_after)}) from None
         zone, pin = headers.get(b"x-edgefleet-zone"), headers.get(b"x-edgefleet-node")
-        ranked = router.candidates(req.model, prompt_tokens, max_tokens,
+        ranked = router.candidates(req.model, route.info,
                                    zone=zone.decode("latin-1") if zone else None,
                                    pin=pin.decode("latin-1") if pin else None)
         watch = _Watch(receive)
         # Awaited in this task, not a new one: open_upstream counts its dispatch before this
         # request yields, so a burst is never ranked against counts missing its own members.
-        ex.node, ex.resp = await router.open_upstream(scope["path"], raw, ranked, ex.request_id, ex.attempts,
-                                                      stream=req.stream)
+        ex.node, ex.resp = await router.open_upstream(scope["path"], route.body, ranked, ex.request_id,
+                                                      ex.attempts, stream=req.stream)
+        opened = True
+        if ex.resp.status == 200:
+            cap = ex.node.capacity
+            on_routed(router.index, route, ex.node.url, cap.load.kv_total_tokens if cap else None)
     except asyncio.CancelledError:
-        gone = _client_gone(watch)
-        if watch is not None and not gone:
-            watch.stop()  # cancelled from outside (shutdown): the watcher goes too
-        if ex is not None:
-            ex.status, ex.error = 499, "client_disconnected"
-            await ex.finish()
-        if not gone:
-            raise
+        _mark(ex, 499, "client_disconnected")
+        if not _client_gone(watch):
+            raise  # cancelled from outside (shutdown)
         return  # nobody is left to answer
-    except _ClientGone:
+    except ClientGone:
         return  # left while sending the body: nothing was admitted
-    except (ApiError, RequestValidationError) as exc:
-        err = exc if isinstance(exc, ApiError) else validation_error(exc)
-        if watch is not None:
-            watch.disarm()
-        if ex is not None:
-            ex.status, ex.error = err.status_code, err.code
-            await ex.finish()
-            err.headers.setdefault("X-Request-Id", ex.request_id)
-        await _send_error(scope, receive, send, err)
-        return
-    except Exception as exc:
-        if watch is not None:
-            watch.stop()
-        if ex is not None:
-            ex.status, ex.error = 500, "internal_error"
-            await ex.finish()
-        if isinstance(exc, StarletteHTTPException):
-            raise  # the body limit (413), rendered by the security middleware
+    except ApiError as err:
+        _mark(ex, err.status_code, err.code)
+        reply = err
+    except StarletteHTTPException as exc:
+        _mark(ex, exc.status_code, "request_too_large")
+        raise  # the body limit (413), rendered by the security middleware
+    except Exception:
         log.exception("unhandled error in the proxy path")
-        await _send_error(scope, receive, send, InternalError("Internal server error."))
+        _mark(ex, 500, "internal_error")
+        reply = InternalError("Internal server error.")
+    finally:
+        if not opened:  # the one cleanup for every way out before the node answered
+            if watch is not None:
+                if reply is not None:
+                    watch.disarm()  # an answer follows; the watcher ends with the exchange
+                else:
+                    watch.stop()
+            if ex is not None:
+                await ex.finish()
+    if reply is not None:
+        if ex is not None:
+            reply.headers.setdefault("X-Request-Id", ex.request_id)
+        await _send_error(send, reply)
         return
     ex.status = ex.resp.status
     head = [(b"content-type", ex.resp.headers.get("content-type", "application/json").encode("latin-1")),
             (b"x-edgefleet-node", ex.node.name.encode()), (b"x-request-id", ex.request_id.encode())]
+    if route.clamped is not None:
+        head.append((CLAMPED_HEADER, str(route.clamped).encode()))
     if "retry-after" in ex.resp.headers:
         head.append((b"retry-after", ex.resp.headers["retry-after"].encode("latin-1")))
     if req.stream and ex.status == 200:
@@ -317,17 +331,15 @@ async def _relay(ex: Exchange, watch: _Watch, send: Send, head: list[tuple[bytes
                     usage_event = chunk
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
         except (UpstreamIOError, TimeoutError) as exc:
-            now = time.monotonic()
-            if isinstance(exc, TimeoutError):
-                ex.node.breaker.record_failure(now)
-                ex.error = "upstream_timeout"
-            else:
-                ex.node.breaker.trip(now)  # it died mid-stream: no more traffic until it recovers
-                ex.error = "upstream_disconnected"
-            ex.node.failures += 1
-            ex.node.last_error = ex.error
-            await send({"type": "http.response.body", "more_body": True,
-                        "body": _error_event(ex.error, "The node failed mid-stream; the response is incomplete.")})
+            timeout = isinstance(exc, TimeoutError)
+            too_large = isinstance(exc, ResponseTooLarge)
+            outcome = "upstream_timeout" if timeout else "upstream_disconnected"
+            ex.node.record_failure(outcome)
+            ex.error = "upstream_response_too_large" if too_large else outcome
+            message = (f"{exc} The response is incomplete." if too_large
+                       else "The node failed mid-stream; the response is incomplete.")
+            err = (UpstreamTimeout if timeout else UpstreamError)(message, code=ex.error)
+            await send({"type": "http.response.body", "more_body": True, "body": _error_event(err)})
         watch.disarm()
         await send({"type": "http.response.body", "body": b"", "more_body": False})
         ex.completion_tokens = events
@@ -358,13 +370,13 @@ async def _whole(ex: Exchange, watch: _Watch, scope: Scope, receive: Receive, se
         if not gone:
             raise
         return
-    except (UpstreamIOError, TimeoutError):
+    except (UpstreamIOError, TimeoutError) as exc:
         watch.disarm()
-        ex.node.breaker.trip(time.monotonic())
+        ex.node.record_failure("upstream_timeout" if isinstance(exc, TimeoutError) else "upstream_disconnected")
         ex.status, ex.error = 502, "upstream_error"
         await ex.finish()
-        await _send_error(scope, receive, send, UpstreamError(
-            "The node failed before completing the response.",
+        await _send_error(send, UpstreamError(
+            str(exc) if isinstance(exc, ResponseTooLarge) else "The node failed before completing the response.",
             headers={"x-edgefleet-node": ex.node.name, "X-Request-Id": ex.request_id}))
         return
     watch.disarm()

@@ -18,6 +18,13 @@ from server.router.breaker import CircuitBreaker
 Source = Literal["static", "mdns"]
 RTT_WINDOW = 10
 
+# How a request to a node failed. The proxy's one rule (docs/router.md, "Failures"): a hard
+# failure (refused or reset connection, a stream cut mid-way) trips the breaker at once;
+# a timeout (at connect, before the first byte, or between chunks) counts one failure
+# toward ``failure_threshold``, since a slow node may only be busy.
+FailureOutcome = Literal["connect_error", "connect_timeout", "timeout", "upstream_disconnected", "upstream_timeout"]
+TIMEOUT_OUTCOMES: frozenset[str] = frozenset({"connect_timeout", "timeout", "upstream_timeout"})
+
 
 @dataclass(slots=True)
 class NodeSpec:
@@ -34,6 +41,11 @@ class NodeSpec:
 
 def normalize_url(url: str) -> str:
     parts = urlsplit(url.strip())
+    if parts.username is not None or parts.password is not None:
+        # Never echoed: the URL would land in /v1/fleet, the MCP tools and every log line.
+        shown = f"{parts.scheme}://***@{parts.netloc.rpartition('@')[2]}"
+        raise ValueError(f"node URL must not carry credentials ({shown}): give the node's key as api_key, "
+                         "api_key_env or api_key_file in the fleet file")
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ValueError(f"node URL must be http(s)://host:port, got {url!r}")
     path = parts.path.rstrip("/")
@@ -60,6 +72,8 @@ class Node:
     # The router's own accounting, so a burst between two polls does not herd onto one node.
     inflight: int = 0
     dispatched_since_poll: int = 0
+    dispatched_prefill_tokens: int = 0  # uncached prompt tokens sent since the poll
+    lane_free: float = 0.0  # monotonic time the prefills the router sent since the poll should end
     completed_since_poll: int = 0
     requests: int = 0
     failures: int = 0
@@ -88,14 +102,29 @@ class Node:
         return (self.capacity is not None and self.capacity.state == "ready"
                 and self.breaker.allows_requests(now))
 
-    def on_dispatch(self) -> None:
+    def on_dispatch(self, prefill_tokens: int = 0, prefill_done_at: float = 0.0) -> None:
+        self.lane_free = max(self.lane_free, prefill_done_at)
         self.inflight += 1
         self.dispatched_since_poll += 1
+        self.dispatched_prefill_tokens += prefill_tokens
         self.requests += 1
 
     def on_done(self) -> None:
         self.inflight = max(0, self.inflight - 1)
         self.completed_since_poll += 1
+
+    def record_failure(self, outcome: FailureOutcome, now: float | None = None) -> bool:
+        """The one place a failed request is booked against this node: the failure count,
+        ``last_error``, and the breaker (a timeout counts, a hard failure trips). True when
+        the breaker was tripped outright."""
+        now = time.monotonic() if now is None else now
+        self.failures += 1
+        self.last_error = outcome
+        if outcome in TIMEOUT_OUTCOMES:
+            self.breaker.record_failure(now)
+            return False
+        self.breaker.trip(now)
+        return True
 
     def on_poll(self, capacity: Capacity, rtt_ms: float, now: float) -> None:
         self.capacity = capacity
@@ -105,6 +134,8 @@ class Node:
         self.rtt_samples.append(rtt_ms)
         self.rtt_ms = min(self.rtt_samples)
         self.dispatched_since_poll = 0
+        self.dispatched_prefill_tokens = 0
+        self.lane_free = 0.0
         self.completed_since_poll = 0
         self.last_error = None
         ident = capacity.identity

@@ -18,6 +18,9 @@ Rules the proxy relies on:
   and only if not a byte of response came back: the node never saw that request.
 - Reading pauses the socket while more than ``HIGH_WATER`` bytes wait for a slow client,
   so a fast node cannot grow the router's memory without bound.
+- A node's response head is bounded while it is parsed (``max_head_bytes``, ``max_headers``)
+  and its body in total (``max_body_bytes``, per request overridable): past a cap the
+  response fails with :class:`ResponseTooLarge` and the connection is closed (RELIABILITY F4).
 """
 
 from __future__ import annotations
@@ -26,47 +29,18 @@ import asyncio
 import ssl
 from collections import deque
 from collections.abc import Iterator
-from urllib.parse import urlsplit
 
 import httptools
 
+from server.router.upstream_wire import (BadResponse, ConnectFailed, ConnectTimeout, Disconnected, Origin,
+                                         ResponseTooLarge, UpstreamIOError)
+from server.router.upstream_wire import encode_request as _encode
+
 HIGH_WATER = 256 * 1024
 LOW_WATER = 64 * 1024
-
-
-class UpstreamIOError(Exception):
-    """The node's connection failed; the subclass says when."""
-
-
-class ConnectFailed(UpstreamIOError):
-    pass
-
-
-class ConnectTimeout(UpstreamIOError):
-    pass
-
-
-class Disconnected(UpstreamIOError):
-    """The node closed the connection before the response was complete."""
-
-
-class BadResponse(UpstreamIOError):
-    """The node sent something that is not HTTP/1.1."""
-
-
-class Origin:
-    """Where a node's requests go: scheme, host, port and the URL's path prefix."""
-
-    __slots__ = ("host", "port", "tls", "prefix", "host_header", "key")
-
-    def __init__(self, url: str):
-        parts = urlsplit(url)
-        self.tls = parts.scheme == "https"
-        self.host = parts.hostname or ""
-        self.port = parts.port or (443 if self.tls else 80)
-        self.prefix = parts.path.rstrip("/").encode()
-        self.host_header = parts.netloc.encode()
-        self.key = (self.tls, self.host, self.port)
+MAX_HEAD_BYTES = 64 * 1024  # a node's status line and headers
+MAX_HEADERS = 100
+MAX_BODY_BYTES = 64 << 20  # a node's response body, streamed or whole
 
 
 class _Conn(asyncio.Protocol):
@@ -88,13 +62,35 @@ class _Conn(asyncio.Protocol):
             return
         resp.got_bytes = True
         try:
-            resp.parser.feed_data(data)
+            if resp.status:
+                resp.parser.feed_data(data)
+            else:
+                self._feed_head(resp, data)
+        except ResponseTooLarge as exc:
+            resp.fail(exc)
+            self.close()
         except httptools.HttpParserUpgrade:
             resp.fail(BadResponse("The node answered with a protocol upgrade."))
             self.close()
         except httptools.HttpParserError as exc:
-            resp.fail(BadResponse(f"The node's response is not valid HTTP/1.1 ({exc})."))
+            cause = exc.__context__ if isinstance(exc.__context__, ResponseTooLarge) else None
+            resp.fail(cause or BadResponse(f"The node's response is not valid HTTP/1.1 ({exc})."))
             self.close()
+
+    @staticmethod
+    def _feed_head(resp: Response, data: bytes) -> None:
+        """Until the head is complete, feed the parser no more than the head cap allows, so
+        an endless head is refused after ``max_head_bytes``, never buffered whole."""
+        limit = resp.pool.max_head_bytes
+        while data and not resp.status:
+            room = limit - resp.head_bytes
+            if room <= 0:
+                raise ResponseTooLarge(f"The node's response head exceeded {limit} bytes.")
+            piece, data = (data, b"") if len(data) <= room else (data[:room], data[room:])
+            resp.head_bytes += len(piece)
+            resp.parser.feed_data(piece)
+        if data and not resp.eof and resp._exc is None:
+            resp.parser.feed_data(data)
 
     def eof_received(self) -> bool:
         return False  # close our side too
@@ -118,11 +114,12 @@ class Response:
     """One node response. ``status`` and ``headers`` (lower-case names) are set once
     :meth:`UpstreamPool.request` returns."""
 
-    __slots__ = ("conn", "pool", "origin", "parser", "status", "headers", "keep_alive", "until_close", "eof", "got_bytes",
-                 "_raw_headers", "_head", "_chunks", "_buffered", "_exc", "_waiter", "_paused", "_released", "_timer",
-                 "_wait_since")
+    __slots__ = ("conn", "pool", "origin", "parser", "status", "headers", "keep_alive", "until_close", "eof",
+                 "got_bytes", "head_bytes", "body_bytes", "max_body", "_raw_headers", "_head", "_chunks", "_buffered",
+                 "_exc", "_waiter", "_paused", "_released", "_timer", "_wait_since")
 
-    def __init__(self, conn: _Conn, pool: UpstreamPool, origin: Origin, loop: asyncio.AbstractEventLoop):
+    def __init__(self, conn: _Conn, pool: UpstreamPool, origin: Origin, loop: asyncio.AbstractEventLoop,
+                 max_body: int | None = None):
         self.conn = conn
         self.pool = pool
         self.origin = origin
@@ -133,6 +130,9 @@ class Response:
         self.until_close = False  # no Content-Length and not chunked: the body ends at EOF
         self.eof = False
         self.got_bytes = False
+        self.head_bytes = 0
+        self.body_bytes = 0
+        self.max_body = pool.max_body_bytes if max_body is None else max_body
         self._raw_headers: list[tuple[bytes, bytes]] = []
         self._head: asyncio.Future[None] = loop.create_future()
         self._chunks: deque[bytes] = deque()
@@ -148,6 +148,8 @@ class Response:
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self._raw_headers.append((name, value))
+        if len(self._raw_headers) > self.pool.max_headers:
+            raise ResponseTooLarge(f"The node's response has more than {self.pool.max_headers} headers.")
 
     def on_headers_complete(self) -> None:
         self.status = self.parser.get_status_code()
@@ -159,6 +161,9 @@ class Response:
             self._head.set_result(None)
 
     def on_body(self, body: bytes) -> None:
+        self.body_bytes += len(body)
+        if self.body_bytes > self.max_body:  # stops the parser; data_received fails the response
+            raise ResponseTooLarge(f"The node's response body exceeded {self.max_body} bytes.")
         self._chunks.append(body)
         self._buffered += len(body)
         if self._buffered > HIGH_WATER and not self._paused and self.conn.transport is not None:
@@ -279,8 +284,13 @@ class UpstreamPool:
     """
 
     def __init__(self, keepalive_s: float = 4.0, max_idle_per_origin: int = 1024,
-                 ssl_context: ssl.SSLContext | None = None, read_timeout: float | None = None):
+                 ssl_context: ssl.SSLContext | None = None, read_timeout: float | None = None,
+                 max_head_bytes: int = MAX_HEAD_BYTES, max_headers: int = MAX_HEADERS,
+                 max_body_bytes: int = MAX_BODY_BYTES):
         self.keepalive_s = keepalive_s
+        self.max_head_bytes = max_head_bytes
+        self.max_headers = max_headers
+        self.max_body_bytes = max_body_bytes
         self.read_timeout = read_timeout  # the longest wait for more of a response body
         self.max_idle = max_idle_per_origin
         self._ssl = ssl_context
@@ -295,12 +305,14 @@ class UpstreamPool:
         return o
 
     async def request(self, url: str, path: str, body: bytes, headers: dict[str, str], *,
-                      connect_timeout: float, head_timeout: float | None, method: str = "POST") -> Response:
+                      connect_timeout: float, head_timeout: float | None, method: str = "POST",
+                      max_body: int | None = None) -> Response:
         """Send ``body`` to ``url`` + ``path``; return once the response head is in.
 
         Raises ConnectTimeout or ConnectFailed (nothing was sent), TimeoutError (no head
         within ``head_timeout``: the connection is closed, so the node drops the request),
-        or Disconnected/BadResponse.
+        or Disconnected/BadResponse (ResponseTooLarge for a head past the caps). ``max_body``
+        overrides the pool's body cap for this response.
         """
         origin = self.origin(url)
         payload = _encode(method, origin, path, body, headers)
@@ -310,7 +322,7 @@ class UpstreamPool:
         while True:
             if conn is None:
                 conn = await self._connect(origin, connect_timeout)
-            resp = Response(conn, self, origin, loop)
+            resp = Response(conn, self, origin, loop, max_body)
             conn.resp = resp
             conn.transport.write(payload)  # type: ignore[union-attr]
             # A plain timer on the head future: cheaper per request than asyncio.timeout.
@@ -378,17 +390,5 @@ class UpstreamPool:
         self._idle.clear()
 
 
-def _encode(method: str, origin: Origin, path: str, body: bytes, headers: dict[str, str]) -> bytes:
-    lines = [method.encode(), b" ", origin.prefix, path.encode(), b" HTTP/1.1\r\nhost: ", origin.host_header, b"\r\n"]
-    if body or method not in ("GET", "HEAD"):
-        lines += [b"content-length: ", str(len(body)).encode(), b"\r\n"]
-    for name, value in headers.items():
-        if "\r" in value or "\n" in value or "\r" in name or "\n" in name:
-            raise ValueError(f"header {name!r} contains a line break")
-        lines += [name.encode("latin-1"), b": ", value.encode("latin-1"), b"\r\n"]
-    lines += [b"\r\n", body]
-    return b"".join(lines)
-
-
-__all__ = ["BadResponse", "ConnectFailed", "ConnectTimeout", "Disconnected", "Origin", "Response", "UpstreamIOError",
-           "UpstreamPool"]
+__all__ = ["BadResponse", "ConnectFailed", "ConnectTimeout", "Disconnected", "Origin", "Response", "ResponseTooLarge",
+           "UpstreamIOError", "UpstreamPool"]

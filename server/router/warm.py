@@ -3,23 +3,24 @@
 The router picks the node a request for the model would go to now (the same ranking, so the
 same warm-beats-cold rule) and, if the model is not loaded there, asks that node to load it
 (``POST /v1/models/{id}/load`` with the router's key for the node). By default it answers at
-once (202) and the load goes on; ``"wait": true`` waits for the node's answer.
+once (202) and the load goes on; ``"wait": true`` waits for the node's answer. The route is
+in ``routes.py``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import Any
 from urllib.parse import quote
 
 import httpx
-from fastapi import FastAPI
-from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from server.router.core import Router, UpstreamError
-from server.router.policy import REF_MAX_TOKENS, REF_PROMPT_TOKENS
+from server.edge.errors import UpstreamError
+from server.router.core import Router
+from server.router.policy import REF_MAX_TOKENS, REF_PROMPT_TOKENS, RequestInfo
 from server.router.registry import Node
 from server.router.warmth import is_warm, model_entry
 
@@ -46,7 +47,7 @@ async def _load_on(router: Router, node: Node, model: str) -> tuple[int, dict[st
 
 
 async def warm_model(router: Router, model: str, wait: bool = False) -> tuple[int, dict[str, Any]]:
-    ranked = router.candidates(model, REF_PROMPT_TOKENS, REF_MAX_TOKENS)
+    ranked = router.candidates(model, RequestInfo(REF_PROMPT_TOKENS, REF_MAX_TOKENS, now=time.monotonic(), model=model))
     node = ranked[0].node
     entry = model_entry(node, model)
     view = {"object": "fleet.warm", "model": model, "node": node.name,
@@ -69,10 +70,3 @@ async def warm_model(router: Router, model: str, wait: bool = False) -> tuple[in
         message = err.get("message") if isinstance(err, dict) else f"HTTP {status}"
         raise UpstreamError(f"Node '{node.name}' did not load '{model[:128]}': {str(message)[:300]}")
     return 200, {**view, "state": body.get("state", "loaded"), "action": "load", "load_s": body.get("load_s")}
-
-
-def install_warm_routes(app: FastAPI, router: Router) -> None:
-    @app.post("/v1/fleet/warm")
-    async def warm(req: WarmRequest) -> JSONResponse:
-        status, body = await warm_model(router, req.model, req.wait)
-        return JSONResponse(body, status_code=status)

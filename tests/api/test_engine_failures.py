@@ -16,14 +16,8 @@ from tests.fakes import ScriptedEngine
 
 
 @pytest.fixture
-async def client(tmp_path):
-    engine = ScriptedEngine(fail_prompt="explode", tokens=5, step_s=0.01)
-    runtime = NodeRuntime(NodeSettings(state_dir=tmp_path), engine)
-    await runtime.start_engine()
-    app = build_app(runtime)
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://127.0.0.1") as c:
-        c.runtime = runtime  # type: ignore[attr-defined]
-        yield c
+async def client(node_client):
+    return await node_client(ScriptedEngine(fail_prompt="explode", tokens=5, step_s=0.01))
 
 
 def body(content: str, **kw):

@@ -31,5 +31,8 @@ schema.config.generation.update(modes=[GenerationMode.POSITIVE, GenerationMode.N
 
 
 @schema.parametrize()
-def test_no_server_errors(case):
-    case.call_and_validate(checks=[not_a_server_error])
+def test_no_5xx_and_every_refusal_is_an_openai_envelope(case):
+    response = case.call_and_validate(checks=[not_a_server_error])
+    assert response.status_code < 500, response.text
+    if response.status_code >= 400:
+        assert set(response.json()["error"]) == {"message", "type", "param", "code"}, response.text

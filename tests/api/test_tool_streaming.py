@@ -4,12 +4,8 @@ from __future__ import annotations
 
 import json
 
-import httpx
 import pytest
 
-from server.api.app import build_app
-from server.config import NodeSettings
-from server.runtime import NodeRuntime
 from tests.fakes import ScriptedEngine
 
 PIECES = ["Checking. ", "<tool", '_call>{"name": "get_weather", "arguments": ', '{"city": "Paris"}}', "</tool_call>"]
@@ -17,12 +13,8 @@ TOOLS = [{"type": "function", "function": {"name": "get_weather", "parameters": 
 
 
 @pytest.fixture
-async def client(tmp_path):
-    runtime = NodeRuntime(NodeSettings(state_dir=tmp_path), ScriptedEngine(texts=PIECES))
-    await runtime.start_engine()
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=build_app(runtime)),
-                                 base_url="http://127.0.0.1") as c:
-        yield c
+async def client(node_client):
+    return await node_client(ScriptedEngine(texts=PIECES))
 
 
 BODY = {"model": "fake-model", "messages": [{"role": "user", "content": "weather?"}], "tools": TOOLS}

@@ -152,7 +152,9 @@ def test_mdns_profile_uses_host_networking_and_discovery(compose: dict) -> None:
             assert env(svc)["EDGEFLEET_ADVERTISE"] == "1"
             ports.append(env(svc)["EDGEFLEET_PORT"])
         else:
-            assert svc["command"] == ["route", "--discover"]
+            # Discovered nodes must prove the node key before the router admits them (G1).
+            assert svc["command"] == ["route", "--discover", "--discovered-node-key-file", "/run/secrets/node_key"]
+            assert "node_key" in svc["secrets"]
     assert len(set(ports)) == 2, "two nodes on one host network need two ports"
 
 

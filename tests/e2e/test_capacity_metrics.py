@@ -101,3 +101,32 @@ def test_capacity_cli_prints_readably(node):
     assert out.returncode == 0, out.stderr
     assert "e2e-node" in out.stdout and DEMO in out.stdout and "random weights" in out.stdout
     assert "would admit" in out.stdout
+
+
+def test_llm_d_model_server_protocol_priority_and_cached_tokens(node):
+    """Every engine: the metrics llm-d's endpoint picker scrapes, the cache section, priority
+    accepted (and passed to the engine's scheduler), and prefix-cache hits in usage."""
+    body = {"model": DEMO, "prompt": "the shared context of one agent session " * 12, "max_tokens": 2}
+    usages = []
+    for prio in ("-3", "7"):
+        r = httpx.post(node.url + "/v1/completions", headers={**node.headers, "X-Edgefleet-Priority": prio},
+                       timeout=60, json=body)
+        assert r.status_code == 200, r.text
+        usages.append(r.json()["usage"])
+    assert usages[0]["prompt_tokens_details"]["cached_tokens"] == 0
+    doc = cap(node)
+    assert doc["cache"]["prefix_caching"] is True and doc["cache"]["block_size"] > 0
+    assert 0 < usages[1]["prompt_tokens_details"]["cached_tokens"] < usages[1]["prompt_tokens"]
+    assert usages[1]["prompt_tokens_details"]["cached_tokens"] % doc["cache"]["block_size"] == 0
+    bad = httpx.post(node.url + "/v1/completions", headers=node.headers, timeout=60, json={**body, "priority": 1000})
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "priority"
+    text = httpx.get(node.url + "/metrics", headers=node.headers, timeout=10).text
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    for name in ("vllm:num_requests_waiting", "vllm:num_requests_running", "vllm:kv_cache_usage_perc",
+                 "vllm:cache_config_info", "vllm:lora_requests_info"):
+        assert families[name].type == "gauge", name
+    (info,) = families["vllm:cache_config_info"].samples
+    assert info.value == 1 and info.labels["block_size"] == str(doc["cache"]["block_size"])
+    assert int(info.labels["num_gpu_blocks"]) * doc["cache"]["block_size"] == doc["load"]["kv_total_tokens"]
+    (lora,) = families["vllm:lora_requests_info"].samples
+    assert lora.labels["max_lora"] == "0" and lora.value > 1.6e9

@@ -84,10 +84,9 @@ def test_a7_malformed_json_is_400_never_422(node, raw):
     assert err["type"] == "invalid_request_error"
 
 
-def test_a8_wrong_content_type(node):
+def test_a8_wrong_content_type_is_415(node):
     r = post(node, raw=json.dumps(chat()), headers={"content-type": "text/plain"})
-    assert r.status_code in (400, 415)
-    assert_error(r, r.status_code)
+    assert_error(r, 415, code="unsupported_media_type")
 
 
 def test_a9_unknown_model(node):
@@ -122,12 +121,9 @@ def test_a11_huge_chunked_body_is_cut_off(node):
         for _ in range(50):
             yield b"x" * (1 << 20)
 
-    try:
-        r = httpx.post(node.url + "/v1/chat/completions", content=chunks(), timeout=30,
-                       headers={"content-type": "application/json", **node.headers})
-        assert r.status_code == 413
-    except (httpx.WriteError, httpx.RemoteProtocolError, httpx.ReadError):
-        pass  # the server refused and closed before we finished sending: also fine
+    r = httpx.post(node.url + "/v1/chat/completions", content=chunks(), timeout=30,
+                   headers={"content-type": "application/json", **node.headers})
+    assert_error(r, 413, code="request_too_large")
     assert post(node, chat()).status_code == 200
 
 
@@ -135,16 +131,13 @@ def test_a11_huge_chunked_body_is_cut_off(node):
     [("X-Big", "a" * (1 << 20))],
     [(f"X-H{i}", "v") for i in range(10_000)],
 ])
-def test_a12_oversized_headers(node, headers):
+def test_a12_oversized_headers_are_431(node, headers):
     req = b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n" + b"".join(
         f"{k}: {v}\r\n".encode() for k, v in headers) + b"\r\n"
     with socket.create_connection(("127.0.0.1", node.port), timeout=10) as s:
-        try:
-            s.sendall(req)
-            reply = s.recv(4096)
-        except (ConnectionResetError, BrokenPipeError):
-            reply = b""
-    assert reply == b"" or reply.split(b" ")[1] in (b"431", b"400"), reply[:100]
+        s.sendall(req)
+        reply = s.recv(4096)
+    assert reply.startswith(b"HTTP/1.1 431 "), reply[:100]
     assert httpx.get(node.url + "/health", timeout=10).status_code == 200  # still up
 
 
@@ -154,9 +147,8 @@ def test_a13_bad_unicode(node):
     lone = '{"model": "%s", "messages": [{"role": "user", "content": "a\\ud800b"}]}' % DEMO
     assert_error(post(node, raw=lone), 400)
     r = post(node, chat(messages=[{"role": "user", "content": "a\u0000b"}]))
-    assert r.status_code in (200, 400)
-    if r.status_code == 400:
-        assert_error(r, 400)
+    assert r.status_code == 200, r.text  # NUL is a valid character: served, never a 500
+    assert r.json()["choices"][0]["finish_reason"] in ("stop", "length")
 
 
 def test_a14_stop_strings(node):

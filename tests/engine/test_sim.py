@@ -77,7 +77,8 @@ async def test_batch_size_slows_steps_and_max_seqs_queues():
 
 
 async def test_kv_capacity_limits_admission_and_stats():
-    eng = make(prefill_tokens_per_s=1e9, decode_ms=10, decode_ms_per_seq=0, kv_capacity_tokens=100)
+    eng = make(prefill_tokens_per_s=1e9, decode_ms=10, decode_ms_per_seq=0, kv_capacity_tokens=100,
+               block_size=1, enable_prefix_caching=False)
     await eng.start()
     try:
         with pytest.raises(InvalidRequestForEngine):

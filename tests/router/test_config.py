@@ -2,7 +2,7 @@
 
 import pytest
 
-from server.api.security import hash_key
+from server.edge.security import hash_key
 from server.router.config import keys_from_fleet, load_fleet
 from server.router.registry import normalize_url
 
@@ -59,3 +59,21 @@ def test_discovered_node_key_file_missing_or_empty_is_a_usage_error(tmp_path, co
         path.write_text(content)
     r = CliRunner().invoke(route, ["--discovered-node-key-file", str(path)])
     assert r.exit_code == 2 and "--discovered-node-key-file" in r.output
+
+
+def test_credentials_in_node_urls_are_refused_at_config_time_and_never_echoed(tmp_path):
+    from click.testing import CliRunner
+
+    from server.router.cli import route
+
+    with pytest.raises(ValueError, match="must not carry credentials") as err:
+        normalize_url("http://admin:hunter2@10.0.0.5:8000")
+    assert "hunter2" not in str(err.value) and "admin" not in str(err.value) and "10.0.0.5:8000" in str(err.value)
+    r = CliRunner().invoke(route, ["--node", "http://admin:hunter2@10.0.0.5:8000"])
+    assert r.exit_code == 2 and "must not carry credentials" in r.output and "hunter2" not in r.output
+    path = tmp_path / "fleet.toml"
+    path.write_text('[[nodes]]\nurl = "http://admin:hunter2@10.0.0.5:8000"\n')
+    r = CliRunner().invoke(route, ["--fleet", str(path)])
+    assert r.exit_code == 2 and "must not carry credentials" in r.output and "hunter2" not in r.output
+    r = CliRunner().invoke(route, ["--node", "http://tok@10.0.0.5:8000"])  # a user part alone is a credential too
+    assert r.exit_code == 2 and "tok@" not in r.output

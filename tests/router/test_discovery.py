@@ -40,8 +40,9 @@ def test_router_discovers_advertised_node_process(launcher):
 
     from tests.router.conftest import fleet, wait_until
 
+    # No node key: only an explicitly allowed network is trusted (loopback is refused by default).
     router = launcher.router("--discover", "--discover-interface", "127.0.0.1", "--poll-interval", "0.3",
-                             name="r-mdns", wait_ready=False)
+                             "--discovery-allow-network", "127.0.0.0/8", name="r-mdns", wait_ready=False)
     node = launcher.node("mdns-node", extra=["--advertise", "--zone", "lan"])
     assert wait_until(lambda: any(n["name"] == "mdns-node" and n["ready"] for n in fleet(router)["nodes"]),
                       timeout=15)
@@ -65,9 +66,10 @@ def test_discovered_nodes_get_the_configured_node_key(launcher):
     key_file = launcher.tmp / "node.key"
     key_file.write_text("lan-node-key-0123456789\n")
     router = launcher.router("--discover", "--discover-interface", "127.0.0.1", "--poll-interval", "0.3",
+                             "--discovery-allow-network", "127.0.0.1/32",
                              "--discovered-node-key-file", str(key_file), name="r-mdns-key", wait_ready=False)
     launcher.node("mdns-keyed", extra=["--advertise", "--api-key", "lan-node-key-0123456789"])
-    # Capacity polls carry the key too: without it the node would never become ready.
+    # Admitted only after proving the key; capacity polls carry the key too.
     assert wait_until(lambda: any(n["name"] == "mdns-keyed" and n["ready"] for n in fleet(router)["nodes"]),
                       timeout=15)
     c = openai.OpenAI(base_url=router.url + "/v1", api_key="x", max_retries=0)

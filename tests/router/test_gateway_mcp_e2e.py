@@ -12,7 +12,7 @@ from mcp import Client
 from mcp.client.stdio import StdioServerParameters
 from mcp.client.streamable_http import streamable_http_client
 
-from server.api.security import hash_key
+from server.edge.security import hash_key
 from tests.router.conftest import EDGEFLEET, fleet, wait_until
 
 pytestmark = pytest.mark.e2e

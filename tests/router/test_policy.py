@@ -3,7 +3,7 @@
 import random
 from collections import Counter
 
-from server.router.policy import estimate, make_policy
+from server.router.policy import RequestInfo, estimate, make_policy
 from tests.router.helpers import node
 
 
@@ -19,22 +19,25 @@ def test_nearest_idle_prefers_fast_node_and_weighs_rtt_against_prefill():
     slow_near = node("http://slow:1", rtt_ms=1.0, prefill_tps=1_000.0)
     p = make_policy("nearest_idle", seed=1)
     # Long prompt: prefill dominates (1000 ms vs 40 + 100 ms).
-    assert p.rank([slow_near, fast_far], 1000, 16)[0].node is fast_far
+    assert p.rank([slow_near, fast_far], RequestInfo(1000, 16))[0].node is fast_far
     # Tiny prompt: the round trip dominates (1 + 10 ms vs 40 + 1 ms).
-    assert p.rank([slow_near, fast_far], 10, 16)[0].node is slow_near
+    assert p.rank([slow_near, fast_far], RequestInfo(10, 16))[0].node is slow_near
 
 
 def test_pending_dispatches_spread_a_burst():
     """Between polls the router's own dispatches count, so a burst does not herd."""
     a = node("http://a:1", prefill_tps=2000.0)
     b = node("http://b:1", prefill_tps=1500.0)
-    p = make_policy("nearest_idle", seed=2)
-    chosen = Counter()
-    for _ in range(20):
-        best = p.rank([a, b], 500, 64)[0].node
-        best.on_dispatch()
-        chosen[best.url] += 1
-    assert chosen["http://a:1"] > chosen["http://b:1"] > 0
+    for policy in ("nearest_idle", "cache_blind"):
+        for n in (a, b):
+            n.on_poll(n.capacity, 1.0, 0.0)
+        p = make_policy(policy, seed=2)
+        chosen = Counter()
+        for _ in range(20):
+            first = p.rank([a, b], RequestInfo(500, 64))[0]
+            first.node.on_dispatch(first.prefill_tokens)  # as Router.open_upstream does
+            chosen[first.node.url] += 1
+        assert chosen["http://a:1"] > chosen["http://b:1"] > 0, policy
 
 
 def test_full_slots_add_decode_wait():
@@ -51,26 +54,26 @@ def test_ties_broken_by_power_of_two_on_inflight():
     b = node("http://b:1")
     a.inflight = 5
     p = make_policy("nearest_idle", seed=3)
-    assert all(p.rank([a, b], 100, 16)[0].node is b for _ in range(10))
+    assert all(p.rank([a, b], RequestInfo(100, 16))[0].node is b for _ in range(10))
 
 
 def test_round_robin_cycles_and_random_uses_all():
     nodes = [node(f"http://n{i}:1") for i in range(3)]
     rr = make_policy("round_robin")
-    firsts = [rr.rank(nodes, 10, 10)[0].node.url for _ in range(6)]
+    firsts = [rr.rank(nodes, RequestInfo(10, 10))[0].node.url for _ in range(6)]
     assert firsts[:3] == sorted(set(firsts)) and firsts[3:] == firsts[:3]
     rnd = make_policy("random", seed=4)
-    assert len({rnd.rank(nodes, 10, 10)[0].node.url for _ in range(50)}) == 3
+    assert len({rnd.rank(nodes, RequestInfo(10, 10))[0].node.url for _ in range(50)}) == 3
 
 
 def test_least_loaded_counts_node_load_and_pending():
     a = node("http://a:1", running=3)
     b = node("http://b:1", running=1)
     p = make_policy("least_loaded", seed=5)
-    assert p.rank([a, b], 10, 10)[0].node is b
+    assert p.rank([a, b], RequestInfo(10, 10))[0].node is b
     for _ in range(3):
         b.on_dispatch()
-    assert p.rank([a, b], 10, 10)[0].node is a
+    assert p.rank([a, b], RequestInfo(10, 10))[0].node is a
 
 
 def test_unknown_policy():
@@ -83,5 +86,5 @@ def test_unknown_policy():
 def test_ranking_is_failover_order():
     nodes = [node(f"http://n{i}:1", wait_ms=100.0 * i) for i in range(4)]
     random.shuffle(nodes)
-    ranked = make_policy("nearest_idle", seed=6).rank(nodes, 10, 10)
+    ranked = make_policy("nearest_idle", seed=6).rank(nodes, RequestInfo(10, 10))
     assert [e.node.url for e in ranked] == [f"http://n{i}:1" for i in range(4)]

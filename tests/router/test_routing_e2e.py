@@ -87,7 +87,7 @@ def test_invalid_requests_are_rejected_at_the_router(router):
         assert r.status_code == 400, raw[:40]
     r = httpx.post(router.url + "/v1/chat/completions", content=b"x", headers={"content-type": "text/plain"},
                    trust_env=False)
-    assert r.status_code in (400, 415)
+    assert r.status_code == 415 and r.json()["error"]["code"] == "unsupported_media_type"
 
 
 def test_oversized_bodies_are_refused_by_the_router_declared_or_chunked(router):

@@ -7,8 +7,9 @@ import asyncio
 import pytest
 
 import server.router.warm as warm
+from server.edge.errors import UpstreamError
 from server.router.config import RouterSettings
-from server.router.core import Router, UpstreamError
+from server.router.core import Router
 from tests.router.helpers import node
 
 

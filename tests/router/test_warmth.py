@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from server.router.policy import estimate, make_policy
+from server.router.policy import RequestInfo, estimate, make_policy
 from server.router.warmth import FAILED_PENALTY_MS, load_penalty_ms, prefer_warm
 from tests.router.helpers import node
 
@@ -39,7 +39,7 @@ def test_estimate_adds_the_penalty_and_says_so():
 def test_idle_warm_node_beats_idle_cold_node():
     warm = node("http://warm:1")
     cold = with_state(node("http://cold:1"), "unloaded", load_s=1.0)
-    ranked = make_policy("nearest_idle", seed=1).rank([cold, warm], 100, 16, "m")
+    ranked = make_policy("nearest_idle", seed=1).rank([cold, warm], RequestInfo(100, 16, model="m"))
     assert ranked[0].node is warm
 
 
@@ -52,7 +52,7 @@ def test_warm_busy_versus_cold_idle_within_1_1x_of_the_better(waiting_s):
     cold = with_state(node("http://cold:1"), "unloaded", load_s=3.0)
     prefill_ms = 100.0
     truth = {"http://warm:1": waiting_s * 1000 + prefill_ms, "http://cold:1": 3000.0 + prefill_ms}
-    chosen = make_policy("nearest_idle", seed=3).rank([warm, cold], 100, 16, "m")[0].node
+    chosen = make_policy("nearest_idle", seed=3).rank([warm, cold], RequestInfo(100, 16, model="m"))[0].node
     assert truth[chosen.url] <= 1.1 * min(truth.values())
 
 
@@ -60,7 +60,7 @@ def test_cold_is_never_chosen_while_a_warm_node_has_a_free_slot():
     # The cold node is much closer and loads fast: by the numbers it would win.
     warm = node("http://warm:1", rtt_ms=80.0, running=2, slots=8)
     cold = with_state(node("http://cold:1", rtt_ms=0.5), "unloaded", load_s=0.01)
-    ranked = make_policy("nearest_idle", seed=1).rank([warm, cold], 10, 16, "m")
+    ranked = make_policy("nearest_idle", seed=1).rank([warm, cold], RequestInfo(10, 16, model="m"))
     assert ranked[0].node is cold  # the estimate alone
     assert [e.node for e in prefer_warm(ranked, "m")] == [warm, cold]  # the rule
 
@@ -68,11 +68,11 @@ def test_cold_is_never_chosen_while_a_warm_node_has_a_free_slot():
 def test_a_full_warm_node_does_not_block_a_cold_start():
     warm = node("http://warm:1", running=8, waiting=20, slots=8, wait_ms=60_000)
     cold = with_state(node("http://cold:1"), "unloaded", load_s=2.0)
-    ranked = prefer_warm(make_policy("nearest_idle", seed=1).rank([warm, cold], 100, 16, "m"), "m")
+    ranked = prefer_warm(make_policy("nearest_idle", seed=1).rank([warm, cold], RequestInfo(100, 16, model="m")), "m")
     assert ranked[0].node is cold
 
 
 def test_sleeping_node_wakes_rather_than_a_cold_load():
     sleeping = with_state(node("http://s:1"), "sleeping", load_s=20.0, wake_s=1.0)
     cold = with_state(node("http://c:1"), "unloaded", load_s=20.0)
-    assert make_policy("nearest_idle", seed=1).rank([cold, sleeping], 100, 16, "m")[0].node is sleeping
+    assert make_policy("nearest_idle", seed=1).rank([cold, sleeping], RequestInfo(100, 16, model="m"))[0].node is sleeping

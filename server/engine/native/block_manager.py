@@ -5,8 +5,8 @@ blocks listed in its ``block_table``; token ``i`` lives in slot
 ``block_table[i // block_size] * block_size + i % block_size``.
 
 Prefix caching: a *full* block is named by a hash chained over every token before it
-(``hash(parent_hash, tokens)``), so two sequences share a block only when their whole
-prefixes match. Blocks carry reference counts; a block whose count drops to zero goes back
+(:func:`server.engine.kv_events.chain_hash`, stable across processes), so two sequences
+share a block only when their whole prefixes match. Blocks carry reference counts; a block whose count drops to zero goes back
 to the free list but keeps its hash, so a later request with the same prefix can revive it
 until the block is handed out again (least recently freed first).
 """
@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
+from ..kv_events import KvEventLog, chain_hash
 from .sequence import Sequence
 
 
@@ -27,17 +28,15 @@ class Block:
     token_ids: tuple[int, ...] = field(default=())
 
 
-def chain_hash(parent: int | None, token_ids: tuple[int, ...]) -> int:
-    return hash((parent, token_ids))
-
-
 class BlockManager:
-    def __init__(self, num_blocks: int, block_size: int, enable_prefix_caching: bool = True):
+    def __init__(self, num_blocks: int, block_size: int, enable_prefix_caching: bool = True,
+                 events: KvEventLog | None = None):
         if num_blocks <= 0 or block_size <= 0:
             raise ValueError("num_blocks and block_size must be positive")
         self.block_size = block_size
         self.num_blocks = num_blocks
         self.enable_prefix_caching = enable_prefix_caching
+        self.events = events  # BlockStored / BlockRemoved, for GET /v1/kv/events
         self.blocks = [Block(i) for i in range(num_blocks)]
         self.free: OrderedDict[int, None] = OrderedDict((i, None) for i in range(num_blocks))
         self.hash_to_block: dict[int, int] = {}
@@ -64,16 +63,16 @@ class BlockManager:
         if not self.enable_prefix_caching:
             return []
         hits: list[int] = []
-        parent = None
         bs = self.block_size
-        for start in range(0, seq.num_tokens - 1 - bs + 1, bs):
+        memo = seq.prefix_hashes  # tokens are only ever appended, so the chain stays valid
+        for i, start in enumerate(range(0, seq.num_tokens - 1 - bs + 1, bs)):
             tokens = tuple(seq.token_ids[start:start + bs])
-            h = chain_hash(parent, tokens)
-            block_id = self.hash_to_block.get(h)
+            if i == len(memo):
+                memo.append(chain_hash(memo[-1] if memo else None, tokens))
+            block_id = self.hash_to_block.get(memo[i])
             if block_id is None or self.blocks[block_id].token_ids != tokens:
                 break
             hits.append(block_id)
-            parent = h
         return hits
 
     def can_allocate(self, seq: Sequence, hits: list[int], num_tokens: int) -> bool:
@@ -97,7 +96,8 @@ class BlockManager:
             hashes.append(block.block_hash)
         self._seq_hashes[seq.seq_id] = hashes
         seq.num_computed_tokens = len(hits) * self.block_size
-        seq.num_cached_tokens = seq.num_computed_tokens
+        if seq.num_preemptions == 0:  # a recompute finding its own blocks is not a cache hit
+            seq.num_cached_tokens = seq.num_computed_tokens
 
     def grow(self, seq: Sequence, num_tokens: int) -> bool:
         """Extend seq.block_table to cover num_tokens slots. False (and no change) if full."""
@@ -114,6 +114,8 @@ class BlockManager:
         if block.block_hash is not None:  # evict its cache entry: the slots get overwritten
             if self.hash_to_block.get(block.block_hash) == block_id:
                 del self.hash_to_block[block.block_hash]
+                if self.events is not None:
+                    self.events.removed([block.block_hash])
             block.block_hash = None
             block.token_ids = ()
         block.ref_count = 1
@@ -126,15 +128,30 @@ class BlockManager:
         hashes = self._seq_hashes.setdefault(seq.seq_id, [])
         bs = self.block_size
         num_full = min(seq.num_computed_tokens // bs, len(seq.block_table))
+        stored: list[int] = []
+        prev = hashes[-1] if hashes else None
+        run_parent = None  # the block before the first one in ``stored``
         while len(hashes) < num_full:
             i = len(hashes)
             tokens = tuple(seq.token_ids[i * bs:(i + 1) * bs])
-            h = chain_hash(hashes[-1] if hashes else None, tokens)
+            h = chain_hash(prev, tokens)
             hashes.append(h)
             block = self.blocks[seq.block_table[i]]
             if block.block_hash is None and h not in self.hash_to_block:
                 block.block_hash, block.token_ids = h, tokens
                 self.hash_to_block[h] = block.block_id
+                if not stored:
+                    run_parent = prev
+                stored.append(h)
+            elif stored:  # the run of newly stored blocks broke: report it
+                self._report(stored, run_parent)
+                stored = []
+            prev = h
+        self._report(stored, run_parent)
+
+    def _report(self, stored: list[int], parent: int | None) -> None:
+        if stored and self.events is not None:
+            self.events.stored(stored, parent, self.block_size)
 
     def free_seq(self, seq: Sequence) -> None:
         """Drop seq's references; blocks reaching zero go to the back of the free list.

@@ -68,6 +68,11 @@ class NativeEngine:
     def stats(self) -> EngineStats:
         return self._stats
 
+    @property
+    def kv_events(self):
+        """The KV event ring (None before start or with prefix caching off)."""
+        return getattr(self.core, "kv_events", None)
+
     # -- requests --------------------------------------------------------------------
     async def generate(self, request: GenerateRequest) -> AsyncIterator[Delta]:
         if self._dead is not None:
@@ -150,12 +155,21 @@ class NativeEngine:
     def _publish_stats(self) -> None:
         core = self.core
         sched, bm = core.scheduler, core.block_manager
+        by_priority: dict[int, tuple[int, int]] = {}
+        waiting_tokens = 0
+        for s in list(sched.waiting):
+            left = s.num_tokens - s.num_computed_tokens
+            waiting_tokens += left
+            n, toks = by_priority.get(s.priority, (0, 0))
+            by_priority[s.priority] = (n + 1, toks + left)
         self._stats = EngineStats(
             num_running=len(sched.running), num_waiting=len(sched.waiting),
-            waiting_prompt_tokens=sum(s.num_tokens - s.num_computed_tokens for s in sched.waiting),
+            waiting_prompt_tokens=waiting_tokens,
             kv_cache_usage=bm.usage, kv_total_tokens=bm.num_blocks * bm.block_size,
             max_num_seqs=core.config.max_num_seqs,
-            max_num_batched_tokens=core.config.max_num_batched_tokens, steps=core.steps)
+            max_num_batched_tokens=core.config.max_num_batched_tokens, steps=core.steps,
+            waiting_by_priority=by_priority, block_size=bm.block_size, num_gpu_blocks=bm.num_blocks,
+            prefix_caching=bm.enable_prefix_caching)
 
     # -- text ------------------------------------------------------------------------
     def tokenize(self, text: str, add_special_tokens: bool = True) -> list[int]:

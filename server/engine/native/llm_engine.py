@@ -10,10 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-import torch
-
 from ..base import (Delta, GenerateRequest, InvalidRequestForEngine, PositionLogprobs,
                     TokenLogprob)
+from ..kv_events import KvEventLog
 from .block_manager import BlockManager
 from .detok import IncrementalDetokenizer
 from .model_runner import ModelRunner
@@ -48,7 +47,9 @@ class LLMEngine:
         self.tokenizer = tokenizer
         self.config = config
         self.eos_token_ids = eos_token_ids
-        self.block_manager = BlockManager(config.num_blocks, config.block_size, config.enable_prefix_caching)
+        self.kv_events = KvEventLog() if config.enable_prefix_caching else None
+        self.block_manager = BlockManager(config.num_blocks, config.block_size, config.enable_prefix_caching,
+                                          self.kv_events)
         sched_cfg = SchedulerConfig(config.max_num_seqs, config.max_num_batched_tokens,
                                     config.max_model_len, config.enable_chunked_prefill)
         self.scheduler = Scheduler(sched_cfg, self.block_manager)
@@ -79,14 +80,8 @@ class LLMEngine:
         if req.request_id in self.requests:
             raise InvalidRequestForEngine(f"duplicate request id {req.request_id}")
         s = req.sampling
-        gen = None
-        if s.seed is not None and s.temperature > 0:
-            gen = torch.Generator(device=self.runner.device)
-            gen.manual_seed(s.seed)
-        seq = Sequence(req.request_id, req.prompt_token_ids, s.max_tokens, s, req.arrival_time)
-        row = SamplingRow(s.temperature, s.top_p, s.top_k, s.min_p, s.presence_penalty,
-                          s.frequency_penalty, s.repetition_penalty, s.logit_bias, s.logprobs, gen,
-                          seq.token_ids[:seq.num_prompt_tokens] if s.repetition_penalty != 1.0 else None, [])
+        seq = Sequence(req.request_id, req.prompt_token_ids, s.max_tokens, priority=req.priority)
+        row = SamplingRow.for_sequence(s, req.prompt_token_ids, self.runner.device)
         detok = IncrementalDetokenizer(self.tokenizer, req.prompt_token_ids, s.stop,
                                        s.include_stop_str_in_output)
         self.requests[req.request_id] = RequestState(seq, row, detok, req)
@@ -96,7 +91,7 @@ class LLMEngine:
         state = self.requests.pop(request_id, None)
         if state is None:
             return False
-        self.scheduler.finish(state.seq, "abort")
+        self.scheduler.finish(state.seq)
         return True
 
     def has_work(self) -> bool:
@@ -137,7 +132,7 @@ class LLMEngine:
                       stop_reason=stop_reason, prompt_tokens=seq.num_prompt_tokens,
                       completion_tokens=seq.num_completion_tokens, cached_tokens=seq.num_cached_tokens)
         if finish is not None:
-            self.scheduler.finish(seq, finish)
+            self.scheduler.finish(seq)
             del self.requests[seq.seq_id]
         return delta
 

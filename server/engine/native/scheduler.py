@@ -4,9 +4,18 @@ Each step has a token budget (``max_num_batched_tokens``) and a sequence cap
 (``max_num_seqs``). Running sequences go first, decodes before unfinished prefills, so a
 long prompt never stalls the streams already flowing; waiting sequences fill what is left,
 their prompts cut into chunks when chunked prefill is on. When the KV cache cannot hold the
-next token of a running sequence, the newest running sequence is preempted by recompute:
-its blocks are freed and it goes back to the head of the queue (its prefix blocks usually
-survive in the prefix cache, so the recompute is cheap).
+next token of a running sequence, a running sequence is preempted by recompute: its blocks
+are freed and it goes back to the queue (its prefix blocks usually survive in the prefix
+cache, so the recompute is cheap).
+
+Priority (vLLM's convention, lower runs first): waiting sequences are admitted in
+(priority, arrival) order, and the best one that does not fit stops admission for the step,
+so nothing overtakes it. The preemption victim is the running sequence with the largest
+(priority, arrival): the lowest class, newest first; with equal priorities that is the
+newest sequence, the FCFS behaviour. A preempted sequence keeps its priority and arrival,
+so it is re-admitted ahead of later arrivals of its class. Preemption is only ever for KV
+room of sequences already running: a waiting high-priority request does not evict running
+ones, it waits for the next free slot or blocks (as in vLLM's priority scheduler).
 """
 
 from __future__ import annotations
@@ -37,13 +46,6 @@ class ScheduledBatch:
     num_new_tokens: list[int] = field(default_factory=list)
     preempted: list[Sequence] = field(default_factory=list)
 
-    @property
-    def total_tokens(self) -> int:
-        return sum(self.num_new_tokens)
-
-    def __len__(self) -> int:
-        return len(self.seqs)
-
 
 class Scheduler:
     def __init__(self, config: SchedulerConfig, block_manager: BlockManager):
@@ -52,10 +54,18 @@ class Scheduler:
         self.waiting: deque[Sequence] = deque()
         self.running: list[Sequence] = []
         self.num_preemptions = 0
+        self._arrivals = 0
 
     def add(self, seq: Sequence) -> None:
         seq.status = SequenceStatus.WAITING
+        if seq.order < 0:
+            seq.order = self._arrivals
+            self._arrivals += 1
         self.waiting.append(seq)
+
+    @staticmethod
+    def _key(seq: Sequence) -> tuple[int, int]:
+        return (seq.priority, seq.order)
 
     def has_work(self) -> bool:
         return bool(self.waiting or self.running)
@@ -72,8 +82,9 @@ class Scheduler:
         return batch
 
     def _schedule_running(self, batch: ScheduledBatch, budget: int) -> int:
-        # Decodes first, then prefills still in progress (stable otherwise: oldest first).
-        queue = sorted(self.running, key=lambda s: s.num_tokens - s.num_computed_tokens > 1)
+        # Decodes first, then prefills still in progress; within each, higher priority first
+        # (stable otherwise: oldest first).
+        queue = sorted(self.running, key=lambda s: (s.num_tokens - s.num_computed_tokens > 1, s.priority))
         scheduled: set[int] = set()
         while queue and budget > 0:
             seq = queue.pop(0)
@@ -100,10 +111,9 @@ class Scheduler:
         return budget
 
     def _pick_victim(self, scheduled: set[int], current: Sequence) -> Sequence | None:
-        for seq in reversed(self.running):  # newest first
-            if seq is not current and id(seq) not in scheduled:
-                return seq
-        return None
+        """The lowest-priority, newest running sequence not yet given work this step."""
+        candidates = [s for s in self.running if s is not current and id(s) not in scheduled]
+        return max(candidates, key=self._key) if candidates else None
 
     def _preempt(self, seq: Sequence) -> None:
         self.running.remove(seq)
@@ -115,6 +125,8 @@ class Scheduler:
         self.waiting.appendleft(seq)
 
     def _schedule_waiting(self, batch: ScheduledBatch, budget: int) -> None:
+        if len(self.waiting) > 1:  # (priority, arrival) order; stable, and cheap for short queues
+            self.waiting = deque(sorted(self.waiting, key=self._key))
         while self.waiting and budget > 0 and len(self.running) < self.config.max_num_seqs:
             seq = self.waiting[0]
             hits = self.bm.prefix_hits(seq) if not seq.block_table else []
@@ -145,7 +157,7 @@ class Scheduler:
             out.append(seq.num_computed_tokens == seq.num_tokens)
         return out
 
-    def finish(self, seq: Sequence, reason: str) -> None:
+    def finish(self, seq: Sequence) -> None:
         """Remove seq wherever it is and free its KV (idempotent)."""
         if seq.status is SequenceStatus.FINISHED:
             return
@@ -155,4 +167,3 @@ class Scheduler:
             self.waiting.remove(seq)
         self.bm.free_seq(seq)
         seq.status = SequenceStatus.FINISHED
-        seq.finish_reason = reason

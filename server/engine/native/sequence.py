@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import Enum, auto
-from typing import Any
 
 
 class SequenceStatus(Enum):
@@ -22,15 +21,15 @@ class Sequence:
     seq_id: str
     token_ids: list[int]
     max_tokens: int
-    sampling: Any = None  # SamplingOptions; opaque to the scheduler
-    arrival_time: float = 0.0
+    priority: int = 0  # lower runs first (vLLM's convention)
+    order: int = -1  # arrival order, set by the scheduler on add; kept across preemption
     num_prompt_tokens: int = 0
     status: SequenceStatus = SequenceStatus.WAITING
     num_computed_tokens: int = 0
     num_cached_tokens: int = 0  # prompt tokens served from the prefix cache on first schedule
     block_table: list[int] = field(default_factory=list)
+    prefix_hashes: list[int] = field(default_factory=list)  # memo of full-block hashes for lookups
     num_preemptions: int = 0
-    finish_reason: str | None = None
 
     def __post_init__(self) -> None:
         self.token_ids = list(self.token_ids)
@@ -44,14 +43,6 @@ class Sequence:
     @property
     def num_completion_tokens(self) -> int:
         return len(self.token_ids) - self.num_prompt_tokens
-
-    @property
-    def completion_token_ids(self) -> list[int]:
-        return self.token_ids[self.num_prompt_tokens:]
-
-    @property
-    def is_finished(self) -> bool:
-        return self.status is SequenceStatus.FINISHED
 
     def append_token(self, token_id: int) -> None:
         self.token_ids.append(token_id)

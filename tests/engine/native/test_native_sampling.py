@@ -13,13 +13,17 @@ from server.engine.native.sampler import SamplingRow, sample
 from .conftest import make_core, run_all, tokens_of
 
 
+def make_row(generator=None, prompt_ids=None, output_ids=(), **options) -> SamplingRow:
+    return SamplingRow(SamplingOptions(max_tokens=16, **options), generator, prompt_ids, list(output_ids))
+
+
 def logits(*rows):
     return torch.tensor(rows, dtype=torch.float32)
 
 
 def test_greedy_and_logprobs_of_raw_distribution():
     x = logits([0.0, 2.0, 1.5, -1.0])
-    [r] = sample(x.clone(), [SamplingRow(temperature=0.0, logprobs=2, repetition_penalty=2.0,
+    [r] = sample(x.clone(), [make_row(temperature=0.0, logprobs=2, repetition_penalty=2.0,
                                          prompt_ids=[1], output_ids=[])])
     assert r.token_id == 2  # the penalty halved token 1 to 1.0
     lp = torch.log_softmax(x, -1)
@@ -29,22 +33,22 @@ def test_greedy_and_logprobs_of_raw_distribution():
 
 def test_top_k_one_and_tiny_top_p_are_greedy():
     x = logits([0.1, 3.0, 2.9, 0.0], [5.0, 0.0, 4.9, 0.0])
-    rows = [SamplingRow(temperature=1.0, top_k=1), SamplingRow(temperature=1.0, top_p=0.01)]
+    rows = [make_row(temperature=1.0, top_k=1), make_row(temperature=1.0, top_p=0.01)]
     for _ in range(20):
         assert [r.token_id for r in sample(x.clone(), rows)] == [1, 0]
 
 
 def test_min_p_removes_unlikely_tokens():
     x = logits([4.0, 3.9, -5.0, -5.0])
-    seen = {sample(x.clone(), [SamplingRow(min_p=0.5)])[0].token_id for _ in range(200)}
+    seen = {sample(x.clone(), [make_row(min_p=0.5)])[0].token_id for _ in range(200)}
     assert seen <= {0, 1} and len(seen) == 2
 
 
 def test_presence_and_frequency_penalties_and_logit_bias():
     x = logits([1.0, 1.0, 1.0])
-    row = SamplingRow(temperature=0.0, presence_penalty=0.5, frequency_penalty=0.2, output_ids=[0, 0, 1])
+    row = make_row(temperature=0.0, presence_penalty=0.5, frequency_penalty=0.2, output_ids=[0, 0, 1])
     assert sample(x.clone(), [row])[0].token_id == 2
-    assert sample(x.clone(), [SamplingRow(temperature=0.0, logit_bias={1: 5.0})])[0].token_id == 1
+    assert sample(x.clone(), [make_row(temperature=0.0, logit_bias={1: 5.0})])[0].token_id == 1
 
 
 def test_seed_reproducible_whatever_the_batch():
@@ -53,7 +57,7 @@ def test_seed_reproducible_whatever_the_batch():
 
     def draw(batch_size):
         g = torch.Generator().manual_seed(1234)
-        rows = [SamplingRow(generator=g)] + [SamplingRow() for _ in range(batch_size - 1)]
+        rows = [make_row(generator=g)] + [make_row() for _ in range(batch_size - 1)]
         out = []
         for _ in range(10):
             out.append(sample(x.repeat(batch_size, 1), rows)[0].token_id)

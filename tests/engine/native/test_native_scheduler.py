@@ -77,8 +77,8 @@ def test_finish_frees_blocks_and_is_idempotent():
     run_step(s)
     used = s.bm.num_blocks - s.bm.num_free_blocks
     assert used == 3
-    s.finish(a, "stop")
-    s.finish(a, "stop")
+    s.finish(a)
+    s.finish(a)
     assert s.bm.num_free_blocks == s.bm.num_blocks and not s.has_work()
 
 

@@ -5,14 +5,16 @@ from __future__ import annotations
 import httpx
 import pytest
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 
-from server.api.errors import install_handlers
-from server.api.security import ApiKey, KeyStore, SecurityMiddleware, hash_key
+from server.edge.render import install_handlers
+from server.edge.security import ApiKey, KeyStore, SecurityMiddleware, hash_key
+from tests.clients import asgi_client
 
 
 def make_app(keys: KeyStore, loopback: bool = True, **kw) -> FastAPI:
     app = FastAPI()
-    install_handlers(app)
+    install_handlers(app, validation=RequestValidationError)
 
     @app.get("/health")
     async def health():
@@ -32,7 +34,7 @@ def make_app(keys: KeyStore, loopback: bool = True, **kw) -> FastAPI:
 
 
 def client(app: FastAPI, host: str = "127.0.0.1:8000") -> httpx.AsyncClient:
-    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url=f"http://{host}")
+    return asgi_client(app, host)
 
 
 def test_keys_are_stored_hashed_and_verified():
@@ -43,7 +45,7 @@ def test_keys_are_stored_hashed_and_verified():
 
 
 def test_verified_keys_are_remembered_bounded_and_only_when_accepted(monkeypatch):
-    import server.api.security as security
+    import server.edge.security as security
 
     store = KeyStore([ApiKey("alice", hash_key("k1"))])
     calls = []

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import ClassVar
@@ -22,8 +21,9 @@ from urllib.parse import urlsplit
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from server.api.errors import ApiError, AuthenticationError, HeadersTooLarge, PayloadTooLarge, PermissionDenied
 from server.config import is_loopback
+from server.edge.errors import ApiError, AuthenticationError, HeadersTooLarge, PayloadTooLarge, PermissionDenied
+from server.edge.render import send_error
 
 EXEMPT_PATHS = frozenset({"/health", "/ready"})
 MAX_HEADERS = 128
@@ -135,7 +135,7 @@ class SecurityMiddleware:
                 self._check_auth(scope, headers)
             self._check_declared_length(headers)
         except ApiError as err:
-            await _send_error(send, err)
+            await send_error(send, err, close=True)
             return
 
         received = 0
@@ -160,7 +160,8 @@ class SecurityMiddleware:
             await self.app(scope, limited_receive, send if scope["path"] in self.body_first else tracking_send)
         except _BodyTooLarge:
             if not started:
-                await _send_error(send, PayloadTooLarge(f"Request body exceeds {self.max_body_bytes} bytes."))
+                await send_error(send, PayloadTooLarge(f"Request body exceeds {self.max_body_bytes} bytes."),
+                                 close=True)
 
     def _check_host_and_origin(self, headers: dict[bytes, bytes]) -> None:
         host = _hostname(headers.get(b"host", b"").decode("latin-1"))
@@ -195,12 +196,3 @@ class SecurityMiddleware:
             raise ApiError("Invalid Content-Length.") from None
         if length > self.max_body_bytes:
             raise PayloadTooLarge(f"Request body of {length} bytes exceeds {self.max_body_bytes} bytes.")
-
-
-async def _send_error(send: Send, err: ApiError) -> None:
-    body = json.dumps(err.body()).encode()
-    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-               (b"connection", b"close")]
-    headers += [(k.lower().encode(), v.encode()) for k, v in err.headers.items()]
-    await send({"type": "http.response.start", "status": err.status_code, "headers": headers})
-    await send({"type": "http.response.body", "body": body})

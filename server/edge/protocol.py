@@ -9,11 +9,12 @@ from __future__ import annotations
 import json
 import math
 import time
+from enum import Enum
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, field_validator, model_validator
 
-from server.engine.base import SamplingOptions
+from server.sampling import SamplingOptions
 
 MAX_STOP_STRINGS = 16
 MAX_STOP_LENGTH = 512
@@ -175,6 +176,8 @@ class _SamplingFields(_Strict):
     ignore_eos: StrictBool = Field(False, description="Keep generating past end-of-sequence.")
     stop_token_ids: list[StrictInt] | None = Field(None, max_length=MAX_STOP_STRINGS)
     include_stop_str_in_output: StrictBool = False
+    priority: StrictInt | None = Field(None, description="vLLM-style scheduling priority, lower runs first "
+                                       "(default 0, allowed -100..100); an X-Edgefleet-Priority header overrides it.")
 
     @model_validator(mode="before")
     @classmethod
@@ -242,6 +245,19 @@ class _SamplingFields(_Strict):
         )
 
 
+class ToolMode(Enum):
+    """How a chat request uses its tools (from ``tools`` and ``tool_choice``)."""
+
+    NONE = "none"  # no tools, or tool_choice "none": plain text
+    AUTO = "auto"  # the model may call; the engine's tool parser finds calls in the text
+    REQUIRED = "required"  # the model must call one of the tools (constrained decoding)
+    NAMED = "named"  # the model must call the named tool (constrained decoding)
+
+    @property
+    def forced(self) -> bool:
+        return self in (ToolMode.REQUIRED, ToolMode.NAMED)
+
+
 class ChatCompletionRequest(_SamplingFields):
     messages: list[ChatMessage] = Field(min_length=1)
     logprobs: StrictBool = False
@@ -262,6 +278,13 @@ class ChatCompletionRequest(_SamplingFields):
         if self.top_logprobs and not self.logprobs:
             raise ValueError("'top_logprobs' needs 'logprobs': true")
         return self
+
+    def tool_mode(self) -> ToolMode:
+        if not self.tools or self.tool_choice == "none":
+            return ToolMode.NONE
+        if isinstance(self.tool_choice, NamedToolChoice):
+            return ToolMode.NAMED
+        return ToolMode.REQUIRED if self.tool_choice == "required" else ToolMode.AUTO
 
     def requested_max_tokens(self) -> int | None:
         return self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
@@ -312,6 +335,16 @@ class Usage(BaseModel):
     total_tokens: int
     prompt_tokens_details: dict[str, int] | None = None
 
+    @classmethod
+    def of(cls, prompt_tokens: int, completion_tokens: int, cached_tokens: int | None = None) -> Usage:
+        details = None if cached_tokens is None else {"cached_tokens": cached_tokens}
+        return cls(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
+                   total_tokens=prompt_tokens + completion_tokens, prompt_tokens_details=details)
+
+    def wire(self) -> dict[str, Any]:
+        """The JSON object a reply carries (``prompt_tokens_details`` only when known)."""
+        return self.model_dump(exclude_none=True)
+
 
 class ModelCard(BaseModel):
     id: str
@@ -333,5 +366,9 @@ def dumps(obj: Any) -> str:
     return json.dumps(obj, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
 
 
-def finite_or_none(x: float) -> float | None:
-    return x if math.isfinite(x) else -9999.0
+LOGPROB_FLOOR = -9999.0  # what vLLM reports for a token of probability zero
+
+
+def clamp_logprob(x: float) -> float:
+    """A logprob JSON can carry: -inf (and NaN) become :data:`LOGPROB_FLOOR`, as in vLLM."""
+    return x if math.isfinite(x) else LOGPROB_FLOOR

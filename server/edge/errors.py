@@ -1,17 +1,15 @@
-"""One error hierarchy, raised anywhere, rendered once in the OpenAI envelope.
+"""One error hierarchy, raised anywhere (node, router, runtime), rendered once by
+:mod:`server.edge.render` in the OpenAI envelope.
 
-Bodies never carry stack traces, memory addresses, secrets or upstream text.
+No web framework here: the runtime below the HTTP layer raises these too. Bodies never
+carry stack traces, memory addresses, secrets or upstream text.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping, Sequence
 from typing import Any
-
-from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
-from starlette.exceptions import HTTPException as StarletteHTTPException
 
 
 class ApiError(Exception):
@@ -30,6 +28,11 @@ class ApiError(Exception):
 
     def body(self) -> dict[str, Any]:
         return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+
+
+class ClientGone(Exception):
+    """The client went away (before its body was in, or while its answer was computed):
+    nobody is left to answer. Not an ApiError: it is never rendered."""
 
 
 class InvalidRequest(ApiError):
@@ -56,6 +59,13 @@ class NotFound(ApiError):
     status_code = 404
     type = "not_found_error"
     code = "not_found"
+
+
+class EventsGoneError(ApiError):
+    """A KV-event cursor older than the node's ring: the consumer resyncs."""
+
+    status_code = 410
+    code = "kv_events_gone"
 
 
 class ModelNotFound(NotFound):
@@ -107,6 +117,26 @@ class EngineUnavailable(ApiError):
     code = "engine_unavailable"
 
 
+# --- the router's own answers ------------------------------------------------------------
+
+class NoHealthyNode(ApiError):
+    status_code = 503
+    type = "server_error"
+    code = "no_healthy_node"
+
+
+class UpstreamError(ApiError):
+    status_code = 502
+    type = "server_error"
+    code = "upstream_error"
+
+
+class UpstreamTimeout(ApiError):
+    status_code = 504
+    type = "server_error"
+    code = "upstream_timeout"
+
+
 _ADDR = re.compile(r"0x[0-9a-fA-F]{6,}")
 
 
@@ -129,12 +159,8 @@ def _field_path(loc: tuple[Any, ...]) -> str | None:
     return out
 
 
-def error_response(err: ApiError) -> JSONResponse:
-    return JSONResponse(err.body(), status_code=err.status_code, headers=err.headers)
-
-
-def validation_error(exc: RequestValidationError) -> ApiError:
-    errors = exc.errors()
+def validation_error(errors: Sequence[Mapping[str, Any]]) -> ApiError:
+    """The first of pydantic's (or FastAPI's) validation errors as one 400, naming the field."""
     if not errors:
         return InvalidRequest("Invalid request body.")
     first = errors[0]
@@ -151,30 +177,3 @@ def validation_error(exc: RequestValidationError) -> ApiError:
         msg = msg[len("Value error, "):]
     where = f" for '{param}'" if param else ""
     return InvalidRequest(f"Invalid value{where}: {msg}", param=param)
-
-
-def install_handlers(app: FastAPI) -> None:
-    @app.exception_handler(ApiError)
-    async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
-        return error_response(exc)
-
-    @app.exception_handler(RequestValidationError)
-    async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
-        return error_response(validation_error(exc))
-
-    @app.exception_handler(StarletteHTTPException)
-    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        mapping: dict[int, type[ApiError]] = {404: NotFound, 413: PayloadTooLarge, 415: UnsupportedMediaType}
-        cls = mapping.get(exc.status_code)
-        if cls is None:
-            err = ApiError(sanitize(str(exc.detail)), code=None)
-            err.status_code = exc.status_code
-        else:
-            err = cls("Not found." if exc.status_code == 404 else sanitize(str(exc.detail)))
-        return error_response(err)
-
-    @app.exception_handler(Exception)
-    async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
-        import logging
-        logging.getLogger("edgefleet.api").exception("unhandled error")
-        return error_response(InternalError("Internal server error."))

@@ -1,0 +1,118 @@
+"""Sessions, prefix-aware routing and priority through a real router over two sim nodes."""
+
+from __future__ import annotations
+
+import json
+
+import httpx
+import openai
+import pytest
+
+from server.edge.security import hash_key
+from tests.router.conftest import fleet, wait_until
+
+pytestmark = pytest.mark.e2e
+
+KEY = "sessions-client-key"
+SYSTEM = "You are a careful coding agent. " * 250  # ~2000 simulated tokens: 2 s of prefill
+
+
+@pytest.fixture(scope="module")
+def setup(launcher):
+    a = launcher.node("sess-a", prefill_tokens_per_s=1000, decode_ms=5, wait=False)
+    b = launcher.node("sess-b", prefill_tokens_per_s=1000, decode_ms=5, wait=False)
+    from tests.router.conftest import wait_http
+    for n in (a, b):
+        wait_http(n.url + "/ready", n.popen, n.log)
+    fleet_file = launcher.tmp / "sessions.toml"
+    fleet_file.write_text(f'''
+[router]
+poll_interval = 0.2
+
+[[nodes]]
+url = "{a.url}"
+
+[[nodes]]
+url = "{b.url}"
+
+[[keys]]
+id = "agent"
+hash = "{hash_key(KEY)}"
+priority_default = 5
+priority_min = 0
+''')
+    audit = launcher.tmp / "sessions.audit.jsonl"
+    router = launcher.router("--fleet", str(fleet_file), "--audit-log", str(audit), name="sess-router",
+                             wait_ready=False)
+    auth = {"authorization": f"Bearer {KEY}"}
+    assert wait_until(lambda: all(n["ready"] for n in fleet(router, **auth)["nodes"]) and
+                      len(fleet(router, **auth)["nodes"]) == 2, timeout=20)
+    return router, audit
+
+
+def oa(router, **headers) -> openai.OpenAI:
+    return openai.OpenAI(base_url=router.url + "/v1", api_key=KEY, max_retries=0, default_headers=headers)
+
+
+def pick(router, messages, session="agent-run-1") -> dict:
+    return httpx.post(router.url + "/v1/fleet/pick", json={"model": "sim-model", "messages": messages},
+                      headers={"authorization": f"Bearer {KEY}", "X-Edgefleet-Session": session},
+                      trust_env=False).json()
+
+
+def test_a_chain_goes_where_its_context_is_and_reports_correct_the_estimate(setup):
+    router, audit = setup
+    c = oa(router, **{"X-Edgefleet-Session": "agent-run-1"})
+    messages = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": "Fix the parser."}]
+
+    def step(k: int) -> str:
+        raw = c.chat.completions.with_raw_response.create(model="sim-model", messages=messages, max_tokens=4)
+        messages.extend([{"role": "assistant", "content": raw.parse().choices[0].message.content},
+                         {"role": "user", "content": f"tool result {k}: " + "ok " * 100}])
+        return raw.headers["x-edgefleet-node"]
+
+    first = step(0)
+    p = pick(router, messages)
+    # The step-1 prompt (~2000 tokens) is a prefix of step 2: 2 s of prefill saved there.
+    assert p["node"] == first and p["predicted_cached_tokens"] >= 1500
+    assert [e["predicted_cached_tokens"] for e in p["alternatives"]] == [0]
+    assert p["session"] and "agent-run-1" not in json.dumps(p)
+    assert step(1) == first
+    last = json.loads(audit.read_text().splitlines()[-1])
+    assert last["session"] == p["session"] and last["predicted_cached_tokens"] >= 1500
+    assert last["priority"] == 5  # the key's default
+    assert "agent-run-1" not in audit.read_text()
+    after = pick(router, messages)
+    if last["cached_tokens"]:  # an engine with a prefix cache: the chain keeps its node
+        assert after["node"] == first and after["predicted_cached_tokens"] > p["predicted_cached_tokens"]
+    else:  # the node said it cached nothing: the router stops believing it holds the context
+        assert last["cached_tokens"] == 0
+        assert after["predicted_cached_tokens"] == 0
+        assert all(e["predicted_cached_tokens"] == 0 for e in after["alternatives"])
+    metrics = httpx.get(router.url + "/metrics", headers={"authorization": f"Bearer {KEY}"}, trust_env=False).text
+    assert f'edgefleet_router_reported_cached_tokens_total{{node="{first}"}}' in metrics
+    assert f'edgefleet_router_predicted_cached_tokens_total{{node="{first}"}}' in metrics
+
+
+def test_priority_is_clamped_to_the_key_limit(setup):
+    router, audit = setup
+    raw = oa(router).chat.completions.with_raw_response.create(
+        model="sim-model", messages=[{"role": "user", "content": "urgent"}], max_tokens=2, extra_body={"priority": -20})
+    assert raw.headers["x-edgefleet-priority-clamped"] == "0"
+    assert json.loads(audit.read_text().splitlines()[-1])["priority"] == 0
+    raw = oa(router, **{"X-Edgefleet-Priority": "7"}).chat.completions.with_raw_response.create(
+        model="sim-model", messages=[{"role": "user", "content": "batch"}], max_tokens=2)
+    assert "x-edgefleet-priority-clamped" not in raw.headers
+    assert json.loads(audit.read_text().splitlines()[-1])["priority"] == 7
+
+
+def test_bad_session_and_priority_are_400(setup):
+    router, _ = setup
+    with pytest.raises(openai.BadRequestError) as e:
+        oa(router, **{"X-Edgefleet-Session": "x" * 257}).chat.completions.create(
+            model="sim-model", messages=[{"role": "user", "content": "x"}], max_tokens=2)
+    assert e.value.body["param"] == "X-Edgefleet-Session"
+    with pytest.raises(openai.BadRequestError) as e:
+        oa(router, **{"X-Edgefleet-Priority": "high"}).chat.completions.create(
+            model="sim-model", messages=[{"role": "user", "content": "x"}], max_tokens=2)
+    assert "-100 to 100" in e.value.message
