@@ -398,10 +398,10 @@ class ModelHost:
                     self._fail(slot, "engine died")
 
     # --- the capacity document ----------------------------------------------------------
-    def capacity(self, prompt_tokens: int | None = None, max_tokens: int | None = None) -> Any:
+    def capacity(self, prompt_tokens: int | None = None, max_tokens: int | None = None, priority: int = 0) -> Any:
         from server.host_capacity import host_capacity
 
-        return host_capacity(self, prompt_tokens, max_tokens)
+        return host_capacity(self, prompt_tokens, max_tokens, priority)
 
 
 __all__ = ["HOLDS_MEMORY", "ModelHost", "ModelSlot", "ModelSpec", "ModelState", "ModelUnavailable", "UnknownModel"]

@@ -22,6 +22,7 @@ from server.capacity.schema import (
     ModelEntry,
     Performance,
     Prediction,
+    PriorityQueue,
 )
 
 if TYPE_CHECKING:
@@ -65,7 +66,19 @@ def model_entry(slot: ModelSlot) -> ModelEntry:
                       running=running, waiting=waiting + slot.waiters)  # waiting for its load too
 
 
-def host_capacity(host: ModelHost, prompt_tokens: int | None, max_tokens: int | None) -> Capacity:
+def _queue_by_priority(stats: list) -> list[PriorityQueue]:
+    """The loaded engines' waiting work per priority class, summed (they share the box)."""
+    classes: dict[int, list[int]] = {}
+    for st in stats:
+        for p, (n, t) in st.waiting_by_priority.items():
+            c = classes.setdefault(p, [0, 0])
+            c[0] += n
+            c[1] += t
+    return [PriorityQueue(priority=p, waiting=n, waiting_prompt_tokens=t) for p, (n, t) in sorted(classes.items())]
+
+
+def host_capacity(host: ModelHost, prompt_tokens: int | None, max_tokens: int | None,
+                  priority: int = 0) -> Capacity:
     s = host.settings
     idn = ident(host)
     loaded = [sl for sl in host.slots.values() if sl.state == "loaded" and sl.runtime is not None]
@@ -81,7 +94,8 @@ def host_capacity(host: ModelHost, prompt_tokens: int | None, max_tokens: int | 
                       kv_cache_usage=min(1.0, used_tokens / total_tokens) if total_tokens else 0.0,
                       kv_free_tokens=sum(st.kv_free_tokens for st in stats), kv_total_tokens=total_tokens,
                       max_concurrent_sequences=max([st.max_num_seqs or s.max_num_seqs for st in stats]
-                                                   or [s.max_num_seqs]))
+                                                   or [s.max_num_seqs]),
+                      queue_by_priority=_queue_by_priority(stats))
     recent = max(loaded, key=lambda sl: sl.last_used, default=None)
     summary = recent.runtime.perf.summary() if recent is not None else {"window_s": 60.0, "requests": 0}
     cap = Capacity(
@@ -98,7 +112,7 @@ def host_capacity(host: ModelHost, prompt_tokens: int | None, max_tokens: int | 
         memory_budget_bytes=host.budget_bytes,
     )
     if prompt_tokens is not None:
-        preds = [sl.runtime.predict(prompt_tokens) for sl in loaded]
+        preds = [sl.runtime.predict(prompt_tokens, priority) for sl in loaded]
         pred = max(preds, key=lambda p: p.predicted_ttft_s, default=None) or predict_ttft(
             prompt_tokens=prompt_tokens, waiting_prompt_tokens=0, in_flight=0, max_num_seqs=s.max_num_seqs,
             summary=summary)
