@@ -35,7 +35,8 @@ ROUTER_DRAIN_S = 5.0
 CREDENTIAL = "api_key"
 # Options holding a path that is not a click.Path: made absolute too, since the unit does not
 # run in the caller's directory.
-PATH_OPTIONS = {"model", "audit_log"}
+# (``models``: the node's repeatable --model.)
+PATH_OPTIONS = {"model", "models", "audit_log"}
 
 
 @dataclass(slots=True)

@@ -134,7 +134,7 @@ async def test_capacity_reports_the_queue_per_priority_class(client):
     assert (await client.get("/v1/capacity", params={"priority": 500})).status_code == 400
     assert all(r.status_code == 200 for r in await asyncio.gather(*tasks))
     cap = Capacity.model_validate((await client.get("/v1/capacity")).json())
-    assert cap.load.queue_by_priority == [] and cap.schema_version == 1
+    assert cap.load.queue_by_priority == [] and cap.schema_version == 2  # version 2: multi-model fields (issue 14)
     assert cap.cache is not None and cap.cache.block_size == 16 and cap.cache.prefix_caching and cap.cache.kv_events
 
 

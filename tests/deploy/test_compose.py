@@ -84,7 +84,7 @@ def test_variables_are_settings_the_cli_accepts(compose: dict) -> None:
         ctx = parse_with_env(kind, args, {**image_env, **variables})
         if kind == "node":
             assert ctx.params["host"] == "0.0.0.0"
-            assert ctx.params["model"] is None  # ${EDGEFLEET_MODEL:-} unset: the demo model
+            assert ctx.params["models"] == ()  # ${EDGEFLEET_MODEL:-} unset: the demo model (--model is repeatable)
         else:
             assert ctx.params["host"] == "0.0.0.0" and ctx.params["port"] == ROUTER_PORT
 
