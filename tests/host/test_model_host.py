@@ -173,7 +173,11 @@ async def test_stop_during_a_load_abandons_it_and_holds_nothing(tmp_path):
     host, log, _ = make_host(tmp_path, {"a": {"start_s": 5.0}})
     await host.start_engine()
     waiter = asyncio.create_task(host.acquire("a"))
-    await asyncio.sleep(0.02)
+    for _ in range(500):  # until the engine is starting (a fixed sleep lost that race on a loaded box)
+        if log:
+            break
+        await asyncio.sleep(0.01)
+    assert log == ["start a"] and host.slots["a"].state == "loading"
     await host.stop()
     assert host.slots["a"].state == "unloaded" and host.slots["a"].runtime is None
     assert log == ["start a", "stop a"]
