@@ -24,6 +24,8 @@ class ModelInfo:
     weight_bytes: int | None = None
     random_weights: bool = False  # the demo model: its text is noise
     note: str | None = None  # free-form, e.g. why a quantization was picked
+    source: str | None = None  # where a derived model came from, e.g. "gguf:file.gguf"
+    converted: bool = False  # served from a directory converted from ``source``
 
 
 @dataclass(slots=True)

@@ -60,11 +60,13 @@ def _stat_logger_factory(stats: EngineStats):
 class VllmEngine:
     name = "vllm"
 
-    def __init__(self, settings: NodeSettings, model_dir: Path | str, model_id: str, random_weights: bool = False):
+    def __init__(self, settings: NodeSettings, model_dir: Path | str, model_id: str, random_weights: bool = False,
+                 source: str | None = None):
         self.settings = settings
         self.model_dir = str(model_dir)
         self.model_id = model_id
         self.random_weights = random_weights
+        self.source = source  # "gguf:<file>" when model_dir was converted from it
         self._stats = EngineStats()
         self._pending_prompt: dict[str, int] = {}  # request id -> prompt tokens, until first output
         self._engine: Any = None
@@ -120,7 +122,8 @@ class VllmEngine:
         self._info = ModelInfo(
             id=self.model_id, root=self.model_dir, max_model_len=int(mc.max_model_len),
             dtype=str(mc.dtype).removeprefix("torch."), quantization=mc.quantization,
-            random_weights=self.random_weights)
+            random_weights=self.random_weights, source=self.source, converted=self.source is not None,
+            note=f"converted from {self.source} (dequantized; vLLM reads no GGUF)" if self.source else None)
         say(f"ready: max_model_len={mc.max_model_len} dtype={self._info.dtype} "
             f"kv_tokens={self._stats.kv_total_tokens}")
 
