@@ -144,12 +144,19 @@ class VllmEngine:
     def tokenize(self, text: str, add_special_tokens: bool = True) -> list[int]:
         return list(self._tokenizer.encode(text, add_special_tokens=add_special_tokens))
 
-    def render_chat(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None) -> list[int]:
+    def render_chat(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None,
+                    add_generation_prompt: bool = True) -> list[int]:
         out = self._tokenizer.apply_chat_template(
-            messages, tools=tools, add_generation_prompt=True, tokenize=True)
+            messages, tools=tools, add_generation_prompt=add_generation_prompt, tokenize=True)
         if isinstance(out, dict) or hasattr(out, "keys"):
             out = out["input_ids"]
         return list(out)
+
+    def detokenize(self, token_ids: list[int]) -> str:
+        vocab = len(self._tokenizer)
+        if any(t >= vocab for t in token_ids):  # the fast tokenizer would silently drop them
+            raise ValueError(f"token ids must be below the vocabulary size {vocab}")
+        return self._tokenizer.decode(token_ids)
 
     def tool_parser(self, name: str) -> ToolCallParser:
         from vllm.tool_parsers import ToolParserManager
