@@ -87,7 +87,7 @@ class GgufWeights:
             arr = dequantize(np.asarray(entry.data), _qtype(entry.type_name))
         except Exception as exc:
             raise GgufError(self.g.path, f"cannot decode tensor {entry.name!r} ({entry.type_name}): {exc}") from None
-        t = torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32)).reshape(entry.shape)
+        t = torch.from_numpy(np.array(arr, dtype=np.float32)).reshape(entry.shape)  # a copy: the file is read-only
         perm = self._perm(name, t.shape[0]) if t.dim() == 2 else None
         return t[perm].contiguous() if perm is not None else t
 
