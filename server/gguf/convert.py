@@ -93,13 +93,15 @@ def metadata_dir(path: str | os.PathLike, model_id: str | None = None) -> tuple[
 
 
 def convert_to_hf(path: str | os.PathLike, progress: Callable[[str], None] | None = None,
-                  dtype: str = "bfloat16") -> Path:
-    """The GGUF file dequantized into a Hugging Face directory (built once per file hash)."""
+                  dtype: str | None = None) -> Path:
+    """The GGUF file dequantized into a Hugging Face directory (built once per file hash).
+    ``dtype``: default float32 for small models, bfloat16 from 1B parameters (see reader)."""
     import torch
     from safetensors.torch import save_file
 
     g = open_gguf(path)
     check_supported(g)
+    dtype = dtype or hf_config(g)["torch_dtype"]
     sha = file_sha256(g.path)
     target = _models_root() / f"gguf-{sha[:16]}-hf-{dtype}"
     if (target / "edgefleet_source.json").exists():

@@ -18,6 +18,10 @@ GGUF_MAGIC = b"GGUF"
 ARCHITECTURES = {"llama": "LlamaForCausalLM"}
 # Tensor types that need no dequantization at all.
 FLOAT_TYPES = ("F32", "F16", "BF16")
+# Below this many parameters a model computes in float32: small models' greedy answers sit on
+# near-ties that bf16 rounding flips (SmolLM2-135M answers "The capital of France is Paris."
+# in float32 and drifts into French phrases in bfloat16), and float32 costs them little.
+FLOAT32_BELOW_PARAMS = 1_000_000_000
 
 
 class GgufError(ValueError):
@@ -53,6 +57,16 @@ class GgufFile:
 
     def arch(self, key: str, default: Any = None) -> Any:
         return self.metadata.get(f"{self.architecture}.{key}", default)
+
+    @property
+    def params(self) -> int:
+        n = 0
+        for t in self.tensors.values():
+            size = 1
+            for d in t.shape:
+                size *= d
+            n += size
+        return n
 
     @property
     def quantization(self) -> str:
@@ -170,7 +184,7 @@ def hf_config(g: GgufFile) -> dict[str, Any]:
         "hidden_act": "silu",
         "attention_bias": False,
         "mlp_bias": False,
-        "torch_dtype": "bfloat16",
+        "torch_dtype": "float32" if g.params < FLOAT32_BELOW_PARAMS else "bfloat16",
         "bos_token_id": ids["bos"],
         "eos_token_id": ids["eos"],
     }
