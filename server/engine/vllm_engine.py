@@ -92,6 +92,9 @@ class VllmEngine:
             # "auto" downcasts to bf16 on CPUs that claim bf16 support, and some virtual
             # machines claim it without delivering it: the worker dies with SIGILL.)
             dtype = "float32"
+        elif dtype == "auto" and self.source:  # converted from GGUF: the dtype chosen for it, kept
+            import json
+            dtype = json.loads((Path(self.model_dir) / "config.json").read_text()).get("torch_dtype", "auto")
         kwargs: dict[str, Any] = dict(
             model=self.model_dir, served_model_name=[self.model_id], dtype=dtype,
             quantization=s.quantization if s.quantization not in (None, "auto", "none") else None,

@@ -8,28 +8,16 @@ one at a time. Figures for the whole text: ``python -m benchmarks.gguf_quality``
 
 from __future__ import annotations
 
-import json
-
 import pytest
 import torch
 
 from server.engine.native.loader import load_model
-from tests.quality.conftest import DenseOnly
+from tests.quality.conftest import MAX_TOKENS, QUESTIONS, DenseOnly, chat_ids
 from tests.quality.lm import native_logits, windowed_perplexity
 
 pytestmark = pytest.mark.e2e
 
 WINDOW = 1024  # the first window of the text: ~1 s per forward, the whole text is the script's job
-# (question, answer SmolLM2-135M gets right greedily; None: it does not, agreement only)
-QUESTIONS = [
-    ("What is the capital of France?", "Paris"),
-    ("What is the capital of Japan?", "Tokyo"),
-    ("What is the capital of Germany?", "Berlin"),
-    ("What is 2 + 3?", "5"),
-    ("What is the capital of Italy?", None),
-    ("What is 10 - 4?", None),
-]
-MAX_TOKENS = 16
 
 
 @pytest.fixture(scope="module")
@@ -77,34 +65,6 @@ def test_int4_g128_does_not_divide_the_hidden_size(smollm2_parts) -> None:
         load_model(meta, "float32", "int4", "cpu", 2048, {"int4_group_size": 128}, weights=DenseOnly(ws))
 
 
-def _chat_ids(tok, question: str) -> list[int]:
-    out = tok.apply_chat_template([{"role": "user", "content": question}], add_generation_prompt=True,
-                                  tokenize=True, return_dict=True)
-    return list(out["input_ids"])
-
-
-@pytest.fixture(scope="module")
-def transformers_answers(smollm2_parts) -> dict[str, list[int]]:
-    """transformers' own generate() on the dequantized float weights (loaded in memory)."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    meta, ws, tok = smollm2_parts
-    model = LlamaForCausalLM(LlamaConfig(**json.loads((meta / "config.json").read_text()))).eval()
-    result = model.load_state_dict({n: ws.get(n) for n in ws.keys()}, strict=False)
-    assert result.missing_keys == ["lm_head.weight"] and not result.unexpected_keys  # tied embeddings
-    model.tie_weights()
-    out = {}
-    eos = json.loads((meta / "generation_config.json").read_text())["eos_token_id"]
-    with torch.inference_mode():
-        for q, _ in QUESTIONS:
-            ids = torch.tensor([_chat_ids(tok, q)])
-            gen = model.generate(ids, max_new_tokens=MAX_TOKENS, do_sample=False, eos_token_id=eos,
-                                 pad_token_id=eos[0])
-            new = gen[0, ids.shape[1]:].tolist()
-            out[q] = [t for t in new if t not in eos]
-    return out
-
-
 def test_native_fp32_greedy_agrees_with_transformers(smollm2, smollm2_parts, transformers_answers) -> None:
     from server.config import NodeSettings
     from server.engine.base import GenerateRequest, SamplingOptions
@@ -114,7 +74,7 @@ def test_native_fp32_greedy_agrees_with_transformers(smollm2, smollm2_parts, tra
     settings = NodeSettings(engine="native", dtype="float32", max_model_len=512, max_num_seqs=8, kv_cache_gb=0.1)
     core = build_engine(settings, smollm2, "smol").core
     for i, (q, _) in enumerate(QUESTIONS):
-        core.add_request(GenerateRequest(f"q{i}", _chat_ids(tok, q), SamplingOptions(max_tokens=MAX_TOKENS,
+        core.add_request(GenerateRequest(f"q{i}", chat_ids(tok, q), SamplingOptions(max_tokens=MAX_TOKENS,
                                                                                    temperature=0.0)))
     got: dict[str, list[int]] = {f"q{i}": [] for i in range(len(QUESTIONS))}
     while core.has_work():
