@@ -129,3 +129,13 @@ def test_default_model_offline_says_what_to_run(tmp_path: Path) -> None:
     assert "-m server.model_cache" in r.stderr and "SmolLM2-135M-Instruct.Q4_1.gguf" in r.stderr
     assert "--model demo-random" in r.stderr
     assert not os.path.exists(tmp_path / "empty" / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf")
+
+
+def test_sim_engine_takes_name_and_sizes_from_the_header(tiny_gguf: Path) -> None:
+    from server.config import NodeSettings
+    from server.engine import create_engine
+
+    engine = create_engine(NodeSettings(engine="sim", model=str(tiny_gguf)))
+    info = engine.info
+    assert info.id == "tiny.Q4_1" and info.weight_bytes == tiny_gguf.stat().st_size
+    assert info.source == f"gguf:{tiny_gguf.name}" and info.quantization == "q4_1" and "tiny.Q4_1.gguf" in info.note
