@@ -232,15 +232,18 @@ def gguf_load_note(model: nn.Module, ws: Any, dtype: torch.dtype) -> tuple[str, 
     direct = sum(isinstance(m, Int4Linear) for m in model.modules())
     types = Counter(ws.type_of(n) for n in ws.keys())
     kept = {t: c for t, c in types.items() if t in ("Q4_0", "Q4_1")}
-    floats = {t: c for t, c in types.items() if t not in kept}
+    floats = {t: c for t, c in types.items() if t in ("F32", "F16", "BF16")}
+    other = {t: c for t, c in types.items() if t not in kept and t not in floats}
     dt = str(dtype).removeprefix("torch.")
     parts = []
     if kept:
         parts.append(f"GGUF {'+'.join(sorted(kept))} blocks loaded directly into {direct} int4 g32 layers "
                      f"({sum(kept.values())} tensors, no float round trip)")
+    if other:  # Q8_0 (per-32 scales vs the per-channel int8 layer), K-quants
+        parts.append(f"dequantized to {dt} (no exact int4 layout): "
+                     + ", ".join(f"{c} {t}" for t, c in sorted(other.items())))
     if floats:
-        parts.append("dequantized to " + dt + ": " + ", ".join(f"{c} {t}" for t, c in sorted(floats.items()))
-                     + (" (no exact int4 layout)" if any(t not in ("F32", "F16", "BF16") for t in floats) else ""))
+        parts.append(f"float tensors as {dt}: " + ", ".join(f"{c} {t}" for t, c in sorted(floats.items())))
     main = max(types, key=lambda t: (t not in ("F32", "F16", "BF16"), types[t]))
     return "; ".join(parts), f"gguf-{main.lower()}"
 
