@@ -58,3 +58,17 @@ def test_demo_random_alias_and_gguf_paths_resolve_without_fetching(cache, monkey
     assert model_id == "edgefleet-demo-random" and random is True and (path / "config.json").exists()
     path, model_id, random = resolve_model(NodeSettings(model=str(tmp_path / "x" / "My-Model.Q4_0.gguf")))
     assert model_id == "My-Model.Q4_0" and random is False and path.name == "My-Model.Q4_0.gguf"
+
+
+def test_a_directory_holding_one_gguf_file_is_that_model(tmp_path) -> None:
+    from server.engine import resolve_model
+    from server.gguf import GgufError
+
+    d = tmp_path / "models"
+    d.mkdir()
+    (d / "Tiny.Q4_1.gguf").write_bytes(b"GGUF")
+    path, model_id, _ = resolve_model(NodeSettings(model=str(d)))
+    assert path == (d / "Tiny.Q4_1.gguf").resolve() and model_id == "Tiny.Q4_1"
+    (d / "Other.Q8_0.gguf").write_bytes(b"GGUF")
+    with pytest.raises(GgufError, match="exactly one .gguf file; found Other.Q8_0.gguf, Tiny.Q4_1.gguf"):
+        resolve_model(NodeSettings(model=str(d)))

@@ -31,7 +31,15 @@ def resolve_model(settings: NodeSettings) -> tuple[Path | str, str, bool]:
         path = ensure_default_model(log=log.info)
         return path, settings.served_model_name or DEFAULT_MODEL_ID, False
     path = Path(settings.model).expanduser()
-    if is_gguf_path(settings.model):
+    if path.is_dir() and not (path / "config.json").exists():  # a folder holding one GGUF file
+        from server.gguf import GgufError
+
+        files = sorted(path.glob("*.gguf"))
+        if len(files) != 1:
+            raise GgufError(path, f"a model directory needs a config.json or exactly one .gguf file; "
+                            f"found {', '.join(f.name for f in files) or 'neither'}")
+        path = files[0]
+    if is_gguf_path(str(path)):
         from server.gguf.convert import model_id_for
 
         return path.resolve(), settings.served_model_name or model_id_for(path), False
