@@ -255,16 +255,18 @@ def capacity(url: str, api_key: str | None, prompt_tokens: int | None, max_token
 
 
 @click.command()
-@click.option("--model", default=None, help="Local model directory or .gguf file (default: the demo model).")
+@click.option("--model", default=None, help="Local model directory, .gguf file or demo-random (default: the default "
+              "model, SmolLM2-135M-Instruct).")
 @click.option("--max-model-len", type=int, default=None)
 @click.option("--json", "as_json", is_flag=True)
 def plan(model: str | None, max_model_len: int | None, as_json: bool) -> None:
     """Without loading weights: weight bytes, KV bytes per token and max context per quantization."""
+    from server.model_cache import ModelFetchError
     from server.plan import plan_table, render_plan
 
     try:
         rows = plan_table(model, max_model_len)
-    except (OSError, ValueError) as exc:  # GgufError is a ValueError naming the file
+    except (OSError, ValueError, ModelFetchError) as exc:  # GgufError is a ValueError naming the file
         raise click.ClickException(str(exc)) from None
     if as_json:
         click.echo(json.dumps(rows, indent=2))

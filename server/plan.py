@@ -124,7 +124,11 @@ def gguf_plan(path: str, max_model_len: int | None = None, dtype: str = "auto") 
 
 
 def plan_table(model: str | None, max_model_len: int | None = None, dtype: str = "auto") -> list[dict[str, Any]]:
-    if model is not None and model.lower().endswith(".gguf"):
+    if model is None:  # what `edgefleet serve` would serve: the default model
+        from server.model_cache import ensure_default_model
+
+        model = str(ensure_default_model())
+    if model.lower().endswith(".gguf"):
         return gguf_plan(model, max_model_len, dtype)
     shape = read_shape(_model_dir(model))
     dt = _dtype(shape, dtype)

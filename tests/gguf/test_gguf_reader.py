@@ -118,7 +118,7 @@ def test_plan_reports_the_files_quantization_bytes_and_context(tiny_gguf: Path) 
     own = rows[0]
     assert own["quantization"] == "gguf Q4_1" and own["file_bytes"] == tiny_gguf.stat().st_size
     assert 0 < own["weight_bytes"] < rows[1]["weight_bytes"]  # blocks are smaller than the float model
-    assert own["max_context"] == 4096 and own["kv_bytes_per_token"] == 2 * 2 * 2 * 64 * 2
+    assert own["max_context"] == 4096 and own["kv_bytes_per_token"] == 2 * 2 * 2 * 64 * 4  # float32: a small model
 
 
 def test_default_model_offline_says_what_to_run(tmp_path: Path) -> None:
