@@ -14,7 +14,9 @@ from server import __version__
 from server.api import chat, completions, node_routes
 from server.config import is_loopback
 from server.edge.render import install_handlers
+from server.edge.idempotency import Idempotency, IdempotencyMiddleware
 from server.edge.security import KeyStore, SecurityMiddleware
+from server.store import SqliteStore
 from server.runtime import NodeRuntime
 
 log = logging.getLogger("edgefleet.node")
@@ -60,6 +62,9 @@ def build_app(runtime: NodeRuntime, *, api_key: str | None = None,
     app.include_router(completions.router)
     app.include_router(node_routes.router)
     s = runtime.settings
+    # Idempotency-Key on the two generation routes (in memory on the node; server/edge/idempotency.py).
+    app.add_middleware(IdempotencyMiddleware, idempotency=Idempotency(SqliteStore(None)),
+                       paths={"/v1/chat/completions", "/v1/completions"})
     app.add_middleware(SecurityMiddleware, keys=KeyStore.single(api_key), loopback_bind=is_loopback(s.host),
                        allowed_hosts=s.allowed_hosts, allowed_origins=s.allowed_origins,
                        max_body_bytes=s.max_body_bytes)
