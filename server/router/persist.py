@@ -90,7 +90,9 @@ class Persistence:
     def __init__(self, router: Any):
         s = router.settings
         self.router = router
-        self.limits_key = f"limits:{s.port}"  # routers sharing a store keep their own windows
+        # SQLite belongs to one router (its state directory): a restart on another port finds it.
+        # Routers sharing a Redis store keep their own windows, one per port.
+        self.limits_key = f"limits:{s.port}" if s.store_url else "limits"
         self.store: Store | None = None
         self.task: asyncio.Task | None = None
 

@@ -44,7 +44,8 @@ def node(launcher):
 @pytest.fixture(scope="module")
 def fleet_file(launcher):
     path = launcher.tmp / "fleet.toml"
-    path.write_text(f'[[keys]]\nid = "alice"\nhash = "{hash_key("alice-key")}"\nrequests_per_min = 40\n')
+    path.write_text(f'[[keys]]\nid = "alice"\nhash = "{hash_key("alice-key")}"\n'
+                    f'[[keys]]\nid = "bob"\nhash = "{hash_key("bob-key")}"\nrequests_per_min = 3\n')
     return path
 
 
@@ -134,6 +135,10 @@ def test_h2_same_key_other_body_is_refused_and_runs_nothing(router, node):
 def test_h3_restart_keeps_results_limits_and_usage(launcher, node, fleet_file, state, router):
     first = post(router, "restart-1")
     assert first.status_code == 200
+    bob = {"authorization": "Bearer bob-key"}
+    url = router.url + "/v1/chat/completions"
+    assert [httpx.post(url, json=BODY, headers=bob, trust_env=False, timeout=30).status_code
+            for _ in range(3)] == [200, 200, 200]  # bob's whole minute (3 requests) is spent
     usage = httpx.get(router.url + "/v1/usage", headers=AUTH, trust_env=False).json()["keys"]["alice"]
     time.sleep(0.6)  # past one flush interval: the limit state is in the store
     os.kill(router.pid, signal.SIGKILL)
@@ -145,10 +150,10 @@ def test_h3_restart_keeps_results_limits_and_usage(launcher, node, fleet_file, s
     assert finished(node) == before
     after = httpx.get(again.url + "/v1/usage", headers=AUTH, trust_env=False).json()["keys"]["alice"]
     assert after["requests"] >= usage["requests"] and after["completion_tokens"] >= usage["completion_tokens"]
-    # the rate window survived too: 40/min, and this module already sent well over 20
-    sent = after["requests"]
-    codes = [post(again, None, body={**BODY, "max_tokens": 1}).status_code for _ in range(max(0, 41 - sent))]
-    assert codes[-1] == 429 and codes.count(200) == 40 - sent
+    # bob's rate window survived: his fourth request within the minute is refused
+    r = httpx.post(again.url + "/v1/chat/completions", json=BODY, headers=bob, trust_env=False, timeout=30)
+    assert r.status_code == 429 and int(r.headers["retry-after"]) >= 1
+    assert httpx.get(again.url + "/v1/usage", headers=bob, trust_env=False).json()["keys"]["bob"]["requests"] == 3
     again.stop()
 
 
