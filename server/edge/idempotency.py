@@ -179,6 +179,9 @@ class Idempotency:
         run = self.running[sk] = Running(fp)
         run.task = asyncio.create_task(self._run(app, dict(scope), body, run, sk))
         await _follow(run, send, replayed=False)
+        # The answer is out; this request ends when its result is stored (shielded: a client
+        # leaving does not stop the generation or the write).
+        await asyncio.shield(run.task)
 
     async def _load(self, sk: str) -> Record | None:
         try:
