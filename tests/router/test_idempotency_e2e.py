@@ -201,3 +201,21 @@ def test_node_honours_the_key_itself(node):
     assert r3.status_code == 422 and r3.json()["error"]["code"] == "idempotency_key_reused"
     time.sleep(0.3)
     assert finished(node) == before + 1
+
+
+def test_node_stream_retry_gets_the_same_transcript(node):
+    before = finished(node)
+    url = node.url + "/v1/chat/completions"
+    body = {**BODY, "stream": True, "max_tokens": 12}
+
+    async def both():
+        async with httpx.AsyncClient(trust_env=False, timeout=30) as c:
+            first = asyncio.create_task(c.post(url, json=body, headers={"idempotency-key": "node-s1"}))
+            await asyncio.sleep(0.1)  # mid-generation
+            second = await c.post(url, json=body, headers={"idempotency-key": "node-s1"})
+            return await first, second
+    one, two = asyncio.run(both())
+    assert one.status_code == two.status_code == 200 and one.content == two.content
+    assert one.content.rstrip().endswith(b"data: [DONE]") and two.headers["idempotency-replayed"] == "true"
+    time.sleep(0.3)
+    assert finished(node) == before + 1
