@@ -13,8 +13,8 @@ two generation routes); plain ASGI, no FastAPI.
   transcript of ASGI messages. A retry while it runs ATTACHES: it gets what was sent so far
   and then the rest live (a stream continues; a whole answer is waited for).
 - A finished response is stored for ``ttl_s`` (status, headers, the whole body or SSE
-  transcript) when it is worth replaying: not a 5xx, not a 429 (nothing ran, or it failed:
-  a retry runs again), and for a stream only when it ended with ``data: [DONE]``. Past
+  transcript) when it succeeded: a 2xx (an error means nothing ran, or it failed: a retry
+  runs again, as Stripe does), and for a stream only when it ended with ``data: [DONE]``. Past
   ``max_bytes`` only the outcome is stored and a later retry gets 409
   ``idempotency_result_too_large``. Replays carry ``Idempotency-Replayed: true``.
 """
@@ -116,7 +116,7 @@ def scoped_key(key_id: str, key: str) -> str:
 
 
 def storable(status: int, headers: list[tuple[bytes, bytes]], body: bytes, complete: bool) -> bool:
-    if not complete or status >= 500 or status in (429, 499):
+    if not complete or not 200 <= status < 300:  # an error: nothing ran (or it failed), a retry runs
         return False
     ctype = next((v for k, v in headers if k.lower() == b"content-type"), b"")
     if ctype.startswith(b"text/event-stream"):

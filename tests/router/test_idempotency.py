@@ -78,7 +78,8 @@ def test_key_checks_and_fingerprint():
 def test_storable_rules():
     js = [(b"content-type", b"application/json")]
     sse = [(b"content-type", b"text/event-stream")]
-    assert storable(200, js, b"{}", True) and storable(400, js, b"{}", True)
+    assert storable(200, js, b"{}", True) and not storable(400, js, b"{}", True)
+    assert not storable(404, js, b"{}", True)
     assert not storable(200, js, b"{}", False)
     assert not storable(502, js, b"{}", True) and not storable(429, js, b"{}", True)
     assert storable(200, sse, b"data: {}\n\ndata: [DONE]\n\n", True)
