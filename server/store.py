@@ -1,11 +1,12 @@
 """A small durable key-value store for the router: idempotency results and limit state.
 
-Two backends with one interface (``get``/``put``/``delete``/``close``, all async):
+Three backends with one interface (``get``/``put``/``delete``/``close``, all async):
 
 - :class:`SqliteStore`: embedded SQLite (WAL) in the state directory, or in memory when none
   is given. Every call runs on one worker thread, never on the event loop. Bounded: entries
-  expire (``expires`` column, swept on writes) and past ``max_entries`` the entries closest
-  to expiry are dropped.
+  expire (``expires`` column, swept on writes) and past ``max_entries`` or ``max_bytes`` the
+  entries closest to expiry are dropped.
+- :class:`MemoryStore`: a bounded dict with expiry (the node's results).
 - :class:`RedisStore`: a Redis-protocol server (``redis://host:port/db``) shared by several
   routers. Expiry is the server's (``SET .. PX``); its memory bound is the server's
   ``maxmemory``.
@@ -34,9 +35,10 @@ class Store(Protocol):
 class SqliteStore:
     """SQLite on one worker thread. ``path=None``: in memory (lost at exit)."""
 
-    def __init__(self, path: str | Path | None, max_entries: int = 10_000):
+    def __init__(self, path: str | Path | None, max_entries: int = 10_000, max_bytes: int = 1 << 30):
         self.path = str(path) if path is not None else ":memory:"
         self.max_entries = max_entries
+        self.max_bytes = max_bytes
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="edgefleet-store")
         self._db: sqlite3.Connection | None = None
         self._pool.submit(self._open).result()
@@ -74,6 +76,15 @@ class SqliteStore:
         if over > 0:  # drop the entries that would expire first
             db.execute("DELETE FROM kv WHERE k IN (SELECT k FROM kv WHERE expires IS NOT NULL "
                        "ORDER BY expires LIMIT ?)", (over,))
+        total = db.execute("SELECT COALESCE(SUM(length(v)), 0) FROM kv WHERE expires IS NOT NULL").fetchone()[0]
+        if total > self.max_bytes:  # then the bytes bound, again the first to expire first
+            drop = []
+            for k, n in db.execute("SELECT k, length(v) FROM kv WHERE expires IS NOT NULL ORDER BY expires"):
+                if total <= self.max_bytes:
+                    break
+                drop.append((k,))
+                total -= n
+            db.executemany("DELETE FROM kv WHERE k = ?", drop)
 
     def _delete(self, key: str) -> None:
         assert self._db is not None
@@ -106,6 +117,44 @@ class SqliteStore:
         self._pool.shutdown(wait=True)
 
 
+class MemoryStore:
+    """In the process, for the node: a dict with expiry, at most ``max_entries`` values and
+    ``max_bytes`` in all (expired ones go first, then the oldest writes). No thread, nothing
+    survives the process."""
+
+    def __init__(self, max_entries: int = 10_000, max_bytes: int = 256 << 20):
+        self.max_entries = max_entries
+        self.max_bytes = max_bytes
+        self.bytes = 0
+        self._data: dict[str, tuple[bytes, float | None]] = {}
+
+    async def get(self, key: str) -> bytes | None:
+        item = self._data.get(key)
+        if item is None or (item[1] is not None and item[1] <= time.time()):
+            return None
+        return item[0]
+
+    async def put(self, key: str, value: bytes, ttl_s: float | None) -> None:
+        now = time.time()
+        await self.delete(key)
+        self._data[key] = (value, None if ttl_s is None else now + ttl_s)
+        self.bytes += len(value)
+        if len(self._data) > self.max_entries or self.bytes > self.max_bytes:
+            for k in [k for k, (_, exp) in self._data.items() if exp is not None and exp <= now]:
+                await self.delete(k)
+            while len(self._data) > self.max_entries or self.bytes > self.max_bytes:
+                await self.delete(next(iter(self._data)))
+
+    async def delete(self, key: str) -> None:
+        item = self._data.pop(key, None)
+        if item is not None:
+            self.bytes -= len(item[0])
+
+    async def close(self) -> None:
+        self._data.clear()
+        self.bytes = 0
+
+
 class RedisStore:
     """A Redis-protocol server shared by several routers; keys under ``prefix``."""
 
@@ -129,14 +178,14 @@ class RedisStore:
         await self._redis.aclose()
 
 
-def open_store(url: str | None, state_dir: str | Path | None, max_entries: int) -> Store:
+def open_store(url: str | None, state_dir: str | Path | None, max_entries: int, max_bytes: int = 1 << 30) -> Store:
     """``--store``: ``redis://...`` or ``rediss://...``, else SQLite in ``state_dir`` (in memory without one)."""
     if url and url.startswith(("redis://", "rediss://", "unix://")):
         return RedisStore(url)
     if url and url not in ("sqlite", ""):
         raise ValueError(f"unsupported store {url!r}: give redis://host:port/db or leave it unset for SQLite")
     path = Path(state_dir) / "router.sqlite3" if state_dir else None
-    return SqliteStore(path, max_entries)
+    return SqliteStore(path, max_entries, max_bytes)
 
 
-__all__ = ["RedisStore", "SqliteStore", "Store", "open_store"]
+__all__ = ["MemoryStore", "RedisStore", "SqliteStore", "Store", "open_store"]

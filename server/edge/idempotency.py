@@ -26,7 +26,6 @@ import hashlib
 import json
 import logging
 from dataclasses import dataclass, field
-from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 

@@ -128,6 +128,7 @@ class RouterSettings:
     idempotency_ttl: float = 86_400.0
     idempotency_max_bytes: int = 1 << 20
     store_max_entries: int = 10_000
+    store_max_bytes: int = 1 << 30
     limits_flush_interval: float = 1.0
 
 

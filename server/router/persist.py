@@ -41,6 +41,8 @@ def store_options(opt):
                      "is kept and a retry gets 409 idempotency_result_too_large."),
             opt("--store-max-entries", type=click.IntRange(min=1), default=10_000, show_default=True,
                 help="Most idempotency results kept in SQLite (the first to expire go first)."),
+            opt("--store-max-bytes", type=click.IntRange(min=1), default=1 << 30, show_default=True,
+                help="Most bytes of idempotency results kept in SQLite (the first to expire go first)."),
             opt("--limits-flush-interval", type=click.FloatRange(min=0.05), default=1.0, show_default=True,
                 help="Seconds between writes of limit windows and usage to the store (what a crash can lose)."),
         ]):
@@ -51,7 +53,7 @@ def store_options(opt):
 
 def store_settings(kw: dict[str, Any]) -> dict[str, Any]:
     return {k: kw[k] for k in ("state_dir", "store_url", "idempotency_ttl", "idempotency_max_bytes",
-                               "store_max_entries", "limits_flush_interval") if k in kw}
+                               "store_max_entries", "store_max_bytes", "limits_flush_interval") if k in kw}
 
 
 def dump_limits(limiter: RateLimiter, mono_now: float, wall_now: float) -> bytes:
@@ -76,7 +78,8 @@ def load_limits(limiter: RateLimiter, raw: bytes, mono_now: float, wall_now: flo
     for key_id, d in doc.get("keys", {}).items():
         u = limiter._usage(key_id)
         u.requests, u.prompt_tokens = int(d["requests"]), int(d["prompt_tokens"])
-        u.completion_tokens, u.errors, u.rate_limited = int(d["completion_tokens"]), int(d["errors"]), int(d["rate_limited"])
+        u.completion_tokens, u.errors = int(d["completion_tokens"]), int(d["errors"])
+        u.rate_limited = int(d["rate_limited"])
         cutoff = wall_now - WINDOW_S
         u.request_times = deque(mono_now - (wall_now - t) for t in d["request_times"] if t > cutoff)
         if u.tracks_tokens:
@@ -98,7 +101,7 @@ class Persistence:
 
     async def start(self) -> None:
         s = self.router.settings
-        self.store = open_store(s.store_url, s.state_dir, s.store_max_entries)
+        self.store = open_store(s.store_url, s.state_dir, s.store_max_entries, s.store_max_bytes)
         self.router.idempotency = Idempotency(self.store, s.idempotency_ttl, s.idempotency_max_bytes,
                                               error_headers={"x-edgefleet-node": "router"})
         try:

@@ -11,7 +11,7 @@ from server.edge.idempotency import Idempotency, Record, check_key, fingerprint,
 from server.edge.errors import ApiError
 from server.router.limits import KeyLimits, RateLimiter
 from server.router.persist import dump_limits, load_limits
-from server.store import SqliteStore, open_store
+from server.store import MemoryStore, SqliteStore, open_store
 
 
 class CountingApp:
@@ -147,6 +147,11 @@ def test_store_expiry_bounds_and_persistence(tmp_path):
         assert await s.get("r0") is None and await s.get("r4") == b"x"
         assert await s.get("keep") == b"forever"  # no expiry: never evicted by the bound
         await s.close()
+        s = SqliteStore(tmp_path / "b.sqlite3", max_bytes=25)
+        for i in range(4):
+            await s.put(f"b{i}", b"0123456789", 100 + i)  # 10 bytes each, 25 at most
+        assert [await s.get(f"b{i}") for i in range(4)] == [None, None, b"0123456789", b"0123456789"]
+        await s.close()
         s2 = open_store(None, tmp_path, 10)  # reopened: what was written is there
         assert await s2.get("keep") is None  # another file (router.sqlite3)
         await s2.put("k", b"v", None)
@@ -177,3 +182,22 @@ def test_limits_dump_and_load_map_the_clock():
     assert (u.requests, u.prompt_tokens, u.completion_tokens, u.inflight) == (3, 30, 15, 0)
     assert [round(t, 3) for t in u.request_times] == [10.0, 39.0]  # the 70 s old one left the window
     assert [n for _, n in u.token_log] == [15, 15]
+
+
+def test_memory_store_expiry_and_bound():
+    async def go():
+        m = MemoryStore(max_entries=2)
+        await m.put("a", b"1", 0.05)
+        await m.put("b", b"2", 100)
+        assert await m.get("a") == b"1"
+        await asyncio.sleep(0.1)
+        assert await m.get("a") is None
+        await m.put("c", b"3", 100)  # over the bound: the expired one goes first
+        assert await m.get("b") == b"2" and await m.get("c") == b"3"
+        await m.put("d", b"4", 100)  # then the oldest write
+        assert await m.get("b") is None and await m.get("d") == b"4"
+        small = MemoryStore(max_bytes=10)
+        await small.put("x", b"12345", None)
+        await small.put("y", b"123456", None)  # 11 bytes: the oldest goes
+        assert await small.get("x") is None and small.bytes == 6
+    run(go())
