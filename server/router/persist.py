@@ -52,6 +52,12 @@ def store_options(opt):
 
 
 def store_settings(kw: dict[str, Any]) -> dict[str, Any]:
+    url = kw.get("store_url")
+    if url and not url.startswith(("redis://", "rediss://", "unix://")):
+        import click
+
+        raise click.BadParameter("give redis://host:port/db (or rediss://, unix://); leave it unset for SQLite",
+                                 param_hint="--store")
     return {k: kw[k] for k in ("state_dir", "store_url", "idempotency_ttl", "idempotency_max_bytes",
                                "store_max_entries", "store_max_bytes", "limits_flush_interval") if k in kw}
 

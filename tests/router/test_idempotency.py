@@ -201,3 +201,19 @@ def test_memory_store_expiry_and_bound():
         await small.put("y", b"123456", None)  # 11 bytes: the oldest goes
         assert await small.get("x") is None and small.bytes == 6
     run(go())
+
+
+def test_store_flags_are_checked_and_reach_the_settings(tmp_path):
+    from click.testing import CliRunner
+
+    from server.router.cli import build_settings, route
+
+    bad = CliRunner().invoke(route, ["--node", "http://127.0.0.1:9", "--store", "memcached://x"])
+    assert bad.exit_code == 2 and "redis://host:port/db" in bad.output
+
+    ctx = route.make_context("route", ["--node", "http://127.0.0.1:9", "--state-dir", str(tmp_path),
+                                       "--idempotency-ttl", "60", "--idempotency-max-bytes", "5",
+                                       "--store-max-entries", "7", "--store-max-bytes", "99"])
+    s = build_settings(ctx.params)
+    assert (s.state_dir, s.store_url, s.idempotency_ttl, s.idempotency_max_bytes, s.store_max_entries,
+            s.store_max_bytes, s.limits_flush_interval) == (str(tmp_path), None, 60.0, 5, 7, 99, 1.0)
