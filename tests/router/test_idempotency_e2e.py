@@ -7,6 +7,7 @@ import asyncio
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import time
 
@@ -166,9 +167,12 @@ def redis_url(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("redis")
     proc = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
                              "--dir", str(tmp)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    def up() -> bool:
+        with socket.socket() as sock:
+            return sock.connect_ex(("127.0.0.1", port)) == 0
+
     try:
-        import socket
-        assert wait_until(lambda: socket.socket().connect_ex(("127.0.0.1", port)) == 0, timeout=10)
+        assert wait_until(up, timeout=10), "redis-server did not start"
         yield f"redis://127.0.0.1:{port}/0"
     finally:
         proc.terminate()
