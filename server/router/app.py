@@ -27,6 +27,7 @@ from server.edge.security import SecurityMiddleware
 from server.router.config import RouterSettings
 from server.router.core import Router
 from server.router.mcp_tools import build_mcp
+from server.router.persist import Persistence
 from server.router.routes import PROXY_ROUTES, fleet_view, models_view, pick_view, proxy_routes, routes
 from server.router.session import pick_info
 
@@ -115,15 +116,18 @@ class LocalBackend:
 
 def create_app(settings: RouterSettings) -> tuple[ASGIApp, Router]:
     router = Router(settings)
+    persist = Persistence(router)  # the store: idempotency results, limit windows and usage
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
+        await persist.start()
         await router.start()
         async with app.state.mcp.session_manager.run():
             try:
                 yield
             finally:
                 await router.stop()
+                await persist.stop()
 
     inner = FastAPI(title="edgefleet router", version=__version__, lifespan=lifespan,
                     docs_url=None, redoc_url=None)

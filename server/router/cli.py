@@ -11,6 +11,7 @@ from typing import Any
 import click
 
 from server.config import is_loopback
+from server.router.persist import store_options, store_settings
 from server.transport import limits_from, transport_options
 
 log = logging.getLogger("edgefleet.router")
@@ -74,6 +75,7 @@ def _hash_key(ctx: click.Context, _p: click.Parameter, value: bool) -> None:
 @opt("--max-response-bytes", type=click.IntRange(min=1), default=64 << 20, show_default=True,
      help="Largest response body accepted from a node (streamed or whole); past it the client gets an error.")
 @transport_options(opt)
+@store_options(opt)
 @opt("--seed", type=int, default=None, help="Seed for random tie-breaking (experiments).")
 @opt("--log-level", default="info", show_default=True)
 def route(**kw: Any) -> None:
@@ -156,7 +158,7 @@ def build_settings(kw: dict[str, Any]):
             host=kw["host"], port=kw["port"], keys=KeyStore(keys), limits=limits,
             allowed_hosts=tuple(kw["allowed_hosts"]), allowed_origins=tuple(kw["allowed_origins"]),
             max_body_bytes=kw["max_body_bytes"], max_response_bytes=kw.get("max_response_bytes", 64 << 20),
-            audit_log=kw["audit_log"], log_prompts=kw["log_prompts"],
+            audit_log=kw["audit_log"], log_prompts=kw["log_prompts"], **store_settings(kw),
         )
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None

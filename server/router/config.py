@@ -122,6 +122,14 @@ class RouterSettings:
     audit_log: str | None = None
     log_prompts: bool = False
     default_max_tokens: int = 256  # for scoring when a request sets none
+    # The store (server/router/persist.py): idempotency results, limit windows and usage.
+    state_dir: str | None = None  # SQLite here; in memory when None
+    store_url: str | None = None  # redis://host:port/db: shared by several routers
+    idempotency_ttl: float = 86_400.0
+    idempotency_max_bytes: int = 1 << 20
+    store_max_entries: int = 10_000
+    store_max_bytes: int = 1 << 30
+    limits_flush_interval: float = 1.0
 
 
 def keys_from_fleet(fleet: FleetFile) -> tuple[list[ApiKey], dict[str, KeyLimits]]:

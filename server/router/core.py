@@ -47,6 +47,7 @@ class Router:
         self.index = PrefixIndex()  # which prompt prefixes each node is believed to hold
         self.policy = make_policy(settings.policy, settings.seed, self.index)
         self.limiter = RateLimiter(settings.limits)
+        self.idempotency = None  # server.edge.idempotency.Idempotency, set at start (server/router/persist.py)
         self.audit = AuditLog(settings.audit_log, settings.log_prompts)
         self.metrics = RouterMetrics(self.index)
         self.upstream: UpstreamPool | None = None  # proxied requests (the hot path) and capacity polls

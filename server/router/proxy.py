@@ -401,4 +401,11 @@ class ProxyEndpoint:
         self.schema = schema
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        idem = self.router.idempotency
+        if idem is not None and (key := idem.key_of(scope)) is not None:  # server/edge/idempotency.py
+            await idem.serve(self._handle, scope, receive, send, key)
+            return
+        await handle(self.router, scope, receive, send, self.schema)
+
+    async def _handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         await handle(self.router, scope, receive, send, self.schema)
