@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import sys
-from types import FrameType
 from typing import Any
 
 import click
@@ -190,40 +188,12 @@ def run_node(settings: NodeSettings) -> int:
     return server.exit_code
 
 
-class NodeServer:
-    """uvicorn.Server with a draining SIGTERM: stop admitting, finish in-flight work up to
-    the shutdown timeout, end the rest in band, exit 0."""
+def NodeServer(config: Any, runtime: Any, shutdown_timeout: float) -> Any:
+    """uvicorn.Server with a draining SIGTERM (server/lifecycle.py): stop admitting, finish
+    in-flight work up to the shutdown timeout, end the rest in band, exit 0."""
+    from server.lifecycle import draining_server
 
-    def __new__(cls, config: Any, runtime: Any, shutdown_timeout: float):
-        import uvicorn
-
-        class _Server(uvicorn.Server):
-            exit_code = 0
-
-            def __init__(self) -> None:
-                super().__init__(config)
-                self._draining = False
-                self._loop: asyncio.AbstractEventLoop | None = None
-
-            async def serve(self, sockets: Any = None) -> None:
-                self._loop = asyncio.get_running_loop()
-                await super().serve(sockets)
-
-            def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-                if self._draining or self._loop is None or runtime.state != "ready":
-                    self.should_exit = True
-                    if self._draining:
-                        self.force_exit = True
-                    return
-                self._draining = True
-                self._loop.call_soon_threadsafe(lambda: asyncio.ensure_future(self._drain()))
-
-            async def _drain(self) -> None:
-                await runtime.drain(shutdown_timeout)
-                await asyncio.sleep(0.3)  # let ended streams flush their error events
-                self.should_exit = True
-
-        return _Server()
+    return draining_server(config, lambda: runtime.drain(shutdown_timeout), lambda: runtime.state == "ready")
 
 
 @click.command()

@@ -52,6 +52,11 @@ def _hash_key(ctx: click.Context, _p: click.Parameter, value: bool) -> None:
 @opt("--port", type=int, default=8080, show_default=True)
 @opt("--api-key", default=None, help="A client key the router accepts (id 'default'); more in the fleet file.")
 @opt("--api-key-file", type=click.Path(dir_okay=False), default=None, help="Read that client key from a file.")
+@opt("--admin-key", default=None, help="A client key (id 'admin') that also sees fleet internals: /v1/fleet, "
+     "node URLs, /metrics, every key's usage.")
+@opt("--admin-key-file", type=click.Path(dir_okay=False), default=None, help="Read the admin key from a file.")
+@opt("--shutdown-timeout", type=float, default=30.0, show_default=True,
+     help="On SIGTERM, seconds in-flight requests may finish before they are ended in band.")
 @opt("--insecure", is_flag=True, default=False, help="Allow a non-loopback bind without client keys.")
 @opt("--policy", type=click.Choice(["nearest_idle", "cache_blind", "cache_aware", "session_sticky",
                                            "round_robin", "random", "least_loaded"]), default=None,
@@ -60,7 +65,10 @@ def _hash_key(ctx: click.Context, _p: click.Parameter, value: bool) -> None:
 @opt("--max-attempts", type=int, default=3, show_default=True, help="Nodes tried before the first byte.")
 @opt("--connect-timeout", type=float, default=1.0, show_default=True)
 @opt("--first-byte-timeout", type=float, default=10.0, show_default=True,
-     help="Seconds to wait for a node's response headers before failing over.")
+     help="Seconds to wait for a node's response headers before failing over; raised per request to "
+     "--first-byte-ttft-factor x the node's predicted TTFT (a long prefill is not a failure).")
+@opt("--first-byte-ttft-factor", type=click.FloatRange(min=1.0), default=3.0, show_default=True,
+     help="k in: first-byte deadline = max(--first-byte-timeout, k x predicted TTFT).")
 @opt("--total-deadline", type=float, default=30.0, show_default=True, help="Budget for all attempts.")
 @opt("--read-timeout", type=float, default=300.0, show_default=True, help="Max gap between chunks once streaming.")
 @opt("--failure-threshold", type=int, default=3, show_default=True, help="Failures that open a node's breaker.")
@@ -93,7 +101,7 @@ def route(**kw: Any) -> None:
                                    "give --api-key or [[keys]] in the fleet file, or --insecure")
         click.secho("!" * 72 + f"\n WARNING: router on {settings.host} with NO authentication (--insecure)\n"
                     + "!" * 72, fg="red", err=True)
-    app, _ = create_app(settings)
+    app, router = create_app(settings)
     click.echo(f"edgefleet router on http://{settings.host}:{settings.port} policy={settings.policy} "
                f"nodes={len(settings.nodes)} discover={settings.discover}", err=True)
     # Everything imported and built so far lives as long as the process: keep it out of the
@@ -105,7 +113,18 @@ def route(**kw: Any) -> None:
     # middleware would run on every proxied request.
     config = server_config(app, host=settings.host, port=settings.port, limits=limits,
                            log_level=kw["log_level"].lower(), proxy_headers=False, timeout_graceful_shutdown=5)
-    uvicorn.Server(config).run()
+    from server.lifecycle import draining_server
+
+    def on_hup() -> None:  # reload the fleet file and keys; reopen the audit log (logrotate)
+        try:
+            router.reload(build_settings(kw))
+        except (click.ClickException, OSError, ValueError) as exc:
+            router.audit.reopen()
+            log.error("SIGHUP: reload failed, keeping the previous keys and nodes: %s",
+                      getattr(exc, "message", None) or exc)
+
+    server = draining_server(config, lambda: router.drain(settings.shutdown_timeout), on_hup=on_hup)
+    server.run()
 
 
 def build_settings(kw: dict[str, Any]):
@@ -134,6 +153,10 @@ def build_settings(kw: dict[str, Any]):
     key = kw["api_key"] or (read_key_file(kw["api_key_file"]) if kw["api_key_file"] else None)
     if key:
         keys.append(ApiKey("default", hash_key(key)))
+    admin_file = kw.get("admin_key_file")
+    admin = kw.get("admin_key") or (read_key_file(admin_file) if admin_file else None)
+    if admin:
+        keys.append(ApiKey("admin", hash_key(admin), admin=True))
     _check_networks(tuple(kw.get("discovery_allow_networks", ())))
     discover = kw["discover"] if kw["discover"] is not None else router_opts.get("discover", not specs)
     try:
@@ -157,6 +180,8 @@ def build_settings(kw: dict[str, Any]):
             allowed_hosts=tuple(kw["allowed_hosts"]), allowed_origins=tuple(kw["allowed_origins"]),
             max_body_bytes=kw["max_body_bytes"], max_response_bytes=kw.get("max_response_bytes", 64 << 20),
             audit_log=kw["audit_log"], log_prompts=kw["log_prompts"],
+            shutdown_timeout=kw.get("shutdown_timeout", 30.0),
+            first_byte_ttft_factor=kw.get("first_byte_ttft_factor", 3.0),
         )
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None

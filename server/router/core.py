@@ -23,7 +23,7 @@ from server.router.metrics import RouterMetrics
 from server.router.policy import Estimate, RequestInfo, estimate, make_policy
 from server.router.prefix_index import PrefixIndex
 from server.router.poller import Poller
-from server.router.registry import FailureOutcome, Node, NodeSpec, Registry
+from server.router.registry import FailureOutcome, Node, NodeSpec, Registry, normalize_url
 from server.router.upstream import ConnectTimeout, Response, UpstreamIOError, UpstreamPool
 
 log = logging.getLogger("edgefleet.router")
@@ -47,8 +47,10 @@ class Router:
         self.index = PrefixIndex()  # which prompt prefixes each node is believed to hold
         self.policy = make_policy(settings.policy, settings.seed, self.index)
         self.limiter = RateLimiter(settings.limits)
-        self.audit = AuditLog(settings.audit_log, settings.log_prompts)
         self.metrics = RouterMetrics(self.index)
+        self.audit = AuditLog(settings.audit_log, settings.log_prompts, on_error=self.metrics.audit_errors.inc)
+        self.draining = False  # SIGTERM: /ready is 503 and new proxied requests get 503 server_shutting_down
+        self.streams: dict[object, asyncio.Task[None]] = {}  # relaying exchanges, ended in band at drain timeout
         self.upstream: UpstreamPool | None = None  # proxied requests (the hot path) and capacity polls
         self.poller: Poller | None = None
         self.browser = None  # server.router.discovery.NodeBrowser when --discover
@@ -87,6 +89,53 @@ class Router:
         if self.upstream is not None:
             await self.upstream.close()
         self.audit.close()
+
+    async def drain(self, timeout: float) -> int:
+        """SIGTERM: /ready turns 503 and new proxied requests get 503 server_shutting_down at
+        once; in-flight exchanges may finish for up to ``timeout`` s; the rest are then ended
+        (a stream with one in-band error event and no ``[DONE]``, a waiting call with 503
+        server_shutting_down), each audited as such. Returns how many were ended."""
+        self.draining = True
+        log.info("shutting down: draining %d in-flight request(s), up to %.0f s", len(self.streams), timeout)
+        deadline = time.monotonic() + timeout
+        while self.streams and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        cut = 0
+        for ex, task in list(self.streams.items()):
+            ex.cut = True  # type: ignore[attr-defined]
+            task.cancel()
+            cut += 1
+        if cut:
+            log.warning("drain timeout: ended %d request(s) in band", cut)
+            for _ in range(100):  # let the ended exchanges write their error and audit line
+                if not self.streams:
+                    break
+                await asyncio.sleep(0.01)
+        return cut
+
+    def reload(self, new: RouterSettings) -> None:
+        """SIGHUP: new client keys and limits (a revoked key is refused from the next
+        request), static nodes added or removed; streams in flight are not touched."""
+        s = self.settings
+        s.keys.replace(new.keys.keys)
+        s.limits.clear()
+        s.limits.update(new.limits)
+        self.limiter.limits = s.limits
+        wanted = {normalize_url(spec.url): spec for spec in new.nodes}
+        for node in self.registry.nodes():
+            if node.source == "static" and node.url not in wanted:
+                self.registry.remove(node.url)
+                self.index.forget(node.url)
+                log.info("reload: node %s removed", node.name)
+        for url, spec in wanted.items():
+            node = self.registry.find(url)
+            if node is None:
+                node = self.registry.add(spec)
+                log.info("reload: node %s added", node.name)
+            node.api_key = spec.api_key
+            node.auth_headers = {"authorization": f"Bearer {spec.api_key}"} if spec.api_key else {}
+        self.audit.reopen()
+        log.info("reloaded: %d client key(s), %d configured node(s)", len(s.keys.keys), len(wanted))
 
     def _discovered(self, spec: NodeSpec) -> None:
         """An announcement: admitted only once it passes server/router/trust.py (G1, G2)."""
