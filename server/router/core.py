@@ -243,9 +243,11 @@ class Router:
         """
         assert self.upstream is not None
         s = self.settings
-        deadline = time.monotonic() + s.total_deadline
+        deadline = time.monotonic() + max(s.total_deadline, first_byte_deadline(
+            s.first_byte_timeout, s.first_byte_ttft_factor, ranked[0].ttft_ms if ranked else None))
         retry_after: str | None = None
         busy = False
+        timed_out = False
         for est in ranked[: max(1, s.max_attempts)]:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
@@ -256,14 +258,20 @@ class Router:
             try:
                 resp = await self.upstream.request(
                     node.url, path, body, headers, connect_timeout=min(s.connect_timeout, remaining),
-                    head_timeout=min(s.first_byte_timeout, remaining) if stream else s.read_timeout)
+                    head_timeout=min(first_byte_deadline(s.first_byte_timeout, s.first_byte_ttft_factor, est.ttft_ms),
+                                     remaining) if stream else s.read_timeout)
             except ConnectTimeout:
                 self._failed(node, attempts, "connect_timeout")
                 continue
             except TimeoutError:
                 self._failed(node, attempts, "timeout")
                 if not stream:
-                    raise UpstreamTimeout("The node did not answer in time.") from None
+                    # Sent and possibly running: retrying elsewhere could run the generation twice.
+                    raise UpstreamTimeout(
+                        f"Phase whole_response: node {node.name} did not finish the "
+                        f"non-streamed response within --read-timeout {s.read_timeout:g} s; it was not retried "
+                        "elsewhere, since the request may already be running there.") from None
+                timed_out = True
                 continue
             except UpstreamIOError:
                 self._failed(node, attempts, "connect_error")
@@ -281,6 +289,11 @@ class Router:
                 continue
             attempts.append(Attempt(node.name, "ok"))
             return node, resp
+        if timed_out and not busy:
+            raise UpstreamTimeout(
+                f"Phase first_byte: no node sent its first byte in time "
+                f"(attempts: {', '.join(a.node + ':' + a.outcome for a in attempts)}).",
+                headers={"Retry-After": "1"})
         if busy:
             raise Overloaded("Every node that serves this model is busy; retry later.",
                              headers={"Retry-After": _retry_after(retry_after)})
@@ -293,6 +306,15 @@ class Router:
         attempts.append(Attempt(node.name, outcome))
         self.metrics.failovers.inc()
         log.warning("node %s failed before the first byte (%s); trying the next", node.name, outcome)
+
+
+def first_byte_deadline(base_s: float, factor: float, predicted_ttft_ms: float | None) -> float:
+    """Seconds to wait for a streaming node's first byte: ``max(base_s, factor x predicted
+    TTFT)``. A 100k-token prefill predicted at 20 s gets 60 s with factor 3, not the 10 s
+    default that would call a busy node dead and fail over (then prefill again elsewhere)."""
+    if predicted_ttft_ms is None or predicted_ttft_ms != predicted_ttft_ms or predicted_ttft_ms == float("inf"):
+        return base_s
+    return max(base_s, factor * predicted_ttft_ms / 1000.0)
 
 
 _ID_PREFIX = "rt-" + secrets.token_hex(6)

@@ -382,7 +382,8 @@ async def _relay(ex: Exchange, watch: _Watch, send: Send, head: list[tuple[bytes
             ex.node.record_failure(outcome)
             ex.error = "upstream_response_too_large" if too_large else outcome
             message = (f"{exc} The response is incomplete." if too_large
-                       else "The node failed mid-stream; the response is incomplete.")
+                       else "Phase stream: the node sent nothing within --read-timeout; the response is incomplete."
+                       if timeout else "The node failed mid-stream; the response is incomplete.")
             err = (UpstreamTimeout if timeout else UpstreamError)(message, code=ex.error)
             await send({"type": "http.response.body", "more_body": True, "body": _error_event(err)})
         watch.disarm()
@@ -424,12 +425,16 @@ async def _whole(ex: Exchange, watch: _Watch, scope: Scope, receive: Receive, se
         return
     except (UpstreamIOError, TimeoutError) as exc:
         watch.disarm()
-        ex.node.record_failure("upstream_timeout" if isinstance(exc, TimeoutError) else "upstream_disconnected")
-        ex.status, ex.error = 502, "upstream_error"
+        timeout = isinstance(exc, TimeoutError)
+        ex.node.record_failure("upstream_timeout" if timeout else "upstream_disconnected")
+        hdrs = {"x-edgefleet-node": ex.node.name, "X-Request-Id": ex.request_id}
+        err = (UpstreamTimeout("Phase whole_response: the node stopped sending its response body within "
+                               "--read-timeout; not retried, since the generation already ran there.", headers=hdrs)
+               if timeout else UpstreamError(str(exc) if isinstance(exc, ResponseTooLarge)
+                                             else "The node failed before completing the response.", headers=hdrs))
+        ex.status, ex.error = err.status_code, err.code
         await ex.finish()
-        await _send_error(send, UpstreamError(
-            str(exc) if isinstance(exc, ResponseTooLarge) else "The node failed before completing the response.",
-            headers={"x-edgefleet-node": ex.node.name, "X-Request-Id": ex.request_id}))
+        await _send_error(send, err)
         return
     watch.disarm()
     ex.ttft_ms = (time.monotonic() - ex.started) * 1000.0
