@@ -9,8 +9,11 @@ import json
 import time
 
 import httpx
+import pytest
 
 from tests.router.conftest import Launcher
+
+pytestmark = pytest.mark.e2e
 
 MODEL = "sim-model"
 MAX_GAP_S = 0.25  # the sim decodes every 5 ms; tokenizing 2 MiB on the loop stalls it for about a second
