@@ -10,7 +10,7 @@ from typing import Any
 import click
 
 from server.config import NodeSettings, is_loopback, load_toml, read_key_file
-from server.transport import transport_options
+from server.transport import tls_from, transport_options
 
 log = logging.getLogger("edgefleet.node")
 
@@ -118,6 +118,7 @@ def serve(**kw: Any) -> None:
         kw["quantization"] = None
     if kw["enforce_eager"] is None:  # the demo model's speed is irrelevant; its start time is not
         kw["enforce_eager"] = kw["model"] is None
+    tls_from(kw)  # both or neither, checked before an engine loads
     settings = NodeSettings(**kw)
     _setup_logging(settings.log_level)
     if not is_loopback(settings.host) and settings.api_key is None:
@@ -142,7 +143,7 @@ def run_node(settings: NodeSettings) -> int:
     from server.engine import create_engine
     from server.plan import choose_quantization
     from server.runtime import NodeRuntime
-    from server.transport import TransportLimits, server_config
+    from server.transport import TransportLimits, server_config, tls_from
 
     reason = None
     if settings.quantization == "auto":
@@ -169,7 +170,8 @@ def run_node(settings: NodeSettings) -> int:
     limits = TransportLimits(header_timeout=settings.header_timeout, body_timeout=settings.body_timeout,
                              max_connections=settings.max_connections or None)
     config = server_config(app, host=settings.host, port=settings.port, limits=limits, log_level="warning",
-                           timeout_graceful_shutdown=5, lifespan="on", server_header=False)
+                           timeout_graceful_shutdown=5, lifespan="on", server_header=False,
+                           **tls_from({"ssl_certfile": settings.ssl_certfile, "ssl_keyfile": settings.ssl_keyfile}))
     server = NodeServer(config, runtime, settings.shutdown_timeout)
     advertiser = None
     if settings.advertise:
@@ -178,7 +180,8 @@ def run_node(settings: NodeSettings) -> int:
         advertiser = NodeAdvertiser(name=runtime.name, node_id=runtime.node_id, host=settings.host,
                                     port=settings.port, zone=settings.zone)
         advertiser.start()
-    log.info("edgefleet node %s listening on http://%s:%d (engine %s)", runtime.name, settings.host, settings.port,
+    log.info("edgefleet node %s listening on http%s://%s:%d (engine %s)", runtime.name, "s" if settings.ssl_certfile else "",
+             settings.host, settings.port,
              settings.engine)
     try:
         server.run()

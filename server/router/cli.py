@@ -11,7 +11,7 @@ from typing import Any
 import click
 
 from server.config import is_loopback
-from server.transport import limits_from, transport_options
+from server.transport import limits_from, tls_from, transport_options
 
 log = logging.getLogger("edgefleet.router")
 
@@ -79,6 +79,9 @@ def _hash_key(ctx: click.Context, _p: click.Parameter, value: bool) -> None:
 @opt("--allowed-host", "allowed_hosts", multiple=True, help="Extra Host header values accepted.")
 @opt("--allowed-origin", "allowed_origins", multiple=True, help="Extra browser Origins accepted.")
 @opt("--max-body-bytes", type=int, default=4 << 20, show_default=True)
+@opt("--node-ca-file", type=click.Path(exists=True, dir_okay=False), default=None,
+     help="PEM CA bundle that https:// node certificates are checked against (self-signed nodes). "
+     "Default: the system's.")
 @opt("--max-response-bytes", type=click.IntRange(min=1), default=64 << 20, show_default=True,
      help="Largest response body accepted from a node (streamed or whole); past it the client gets an error.")
 @transport_options(opt)
@@ -92,6 +95,7 @@ def route(**kw: Any) -> None:
     from server.transport import server_config
 
     limits = limits_from(kw)
+    tls = tls_from(kw)
     settings = build_settings(kw)
     logging.basicConfig(level=kw["log_level"].upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per upstream call is noise
@@ -102,7 +106,7 @@ def route(**kw: Any) -> None:
         click.secho("!" * 72 + f"\n WARNING: router on {settings.host} with NO authentication (--insecure)\n"
                     + "!" * 72, fg="red", err=True)
     app, router = create_app(settings)
-    click.echo(f"edgefleet router on http://{settings.host}:{settings.port} policy={settings.policy} "
+    click.echo(f"edgefleet router on http{'s' if tls else ''}://{settings.host}:{settings.port} policy={settings.policy} "
                f"nodes={len(settings.nodes)} discover={settings.discover}", err=True)
     # Everything imported and built so far lives as long as the process: keep it out of the
     # cyclic GC's scans, which otherwise walk it again and again under load (Instagram's
@@ -112,7 +116,8 @@ def route(**kw: Any) -> None:
     # No X-Forwarded-* rewriting: nothing in the router reads the client address, and the
     # middleware would run on every proxied request.
     config = server_config(app, host=settings.host, port=settings.port, limits=limits,
-                           log_level=kw["log_level"].lower(), proxy_headers=False, timeout_graceful_shutdown=5)
+                           log_level=kw["log_level"].lower(), proxy_headers=False, timeout_graceful_shutdown=5,
+                           **tls)
     from server.lifecycle import draining_server
 
     def on_hup() -> None:  # reload the fleet file and keys; reopen the audit log (logrotate)
@@ -180,7 +185,7 @@ def build_settings(kw: dict[str, Any]):
             allowed_hosts=tuple(kw["allowed_hosts"]), allowed_origins=tuple(kw["allowed_origins"]),
             max_body_bytes=kw["max_body_bytes"], max_response_bytes=kw.get("max_response_bytes", 64 << 20),
             audit_log=kw["audit_log"], log_prompts=kw["log_prompts"],
-            shutdown_timeout=kw.get("shutdown_timeout", 30.0),
+            shutdown_timeout=kw.get("shutdown_timeout", 30.0), node_ca_file=kw.get("node_ca_file"),
             first_byte_ttft_factor=kw.get("first_byte_ttft_factor", 3.0),
         )
     except ValueError as exc:

@@ -124,6 +124,7 @@ class RouterSettings:
     audit_log: str | None = None
     log_prompts: bool = False
     default_max_tokens: int = 256  # for scoring when a request sets none
+    node_ca_file: str | None = None  # CA bundle for https:// nodes (default: the system's)
     shutdown_timeout: float = 30.0  # SIGTERM: seconds in-flight requests may finish (server/router/core.py drain)
     first_byte_ttft_factor: float = 3.0  # first-byte deadline >= this x the node's predicted TTFT
 

@@ -66,7 +66,11 @@ class Router:
         # The nodes' own pool: lean keep-alive HTTP/1.1 (server/router/upstream.py), because
         # every agent call crosses it and aiohttp alone cost more than the router's 1 ms goal.
         # It never goes through an environment proxy.
-        self.upstream = UpstreamPool(read_timeout=s.read_timeout, max_body_bytes=s.max_response_bytes)
+        import ssl
+
+        ctx = ssl.create_default_context(cafile=s.node_ca_file) if s.node_ca_file else None
+        self.upstream = UpstreamPool(read_timeout=s.read_timeout, max_body_bytes=s.max_response_bytes,
+                                     ssl_context=ctx)
         self.poller = Poller(self.registry, self.upstream, s.poll_interval)
         await self.poller.poll_once()  # know the fleet before the first request
         self.poller.start()
