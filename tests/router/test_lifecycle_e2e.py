@@ -169,3 +169,27 @@ def test_one_request_id_in_router_and_node(launcher, tmp_path):
     direct = httpx.post(node.url + "/v1/chat/completions", json={**CHAT, "model": "rid-model"},
                         headers={"x-request-id": "bad id with spaces"}, timeout=10, trust_env=False)
     assert "bad id" not in direct.json()["id"]
+
+
+def test_node_drain_runs_on_the_shared_lifecycle_code(launcher):
+    """The node's SIGTERM drain (server/lifecycle.py, shared with the router) on a sim node."""
+    node = launcher.node("life-drain", model=MODEL, decode_ms=20, extra=["--shutdown-timeout", "1"])
+    body = {**CHAT, "max_tokens": 2000, "stream": True, "ignore_eos": True}
+    lines: list[str] = []
+    first = threading.Event()
+
+    def consume() -> None:
+        with httpx.stream("POST", node.url + "/v1/chat/completions", json=body, timeout=60, trust_env=False) as r:
+            for line in r.iter_lines():
+                lines.append(line)
+                first.set()
+
+    reader = threading.Thread(target=consume)
+    reader.start()
+    assert first.wait(10)
+    node.popen.send_signal(signal.SIGTERM)
+    assert wait_until(lambda: httpx.get(node.url + "/ready", timeout=2, trust_env=False).status_code == 503, 2)
+    reader.join(15)
+    assert node.popen.wait(10) == 0
+    data = [ln for ln in lines if ln.startswith("data: ")]
+    assert "data: [DONE]" not in data and json.loads(data[-1][6:])["error"]["code"] == "server_shutting_down"
