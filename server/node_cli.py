@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import sys
-from types import FrameType
 from typing import Any
 
 import click
 
 from server.config import NodeSettings, is_loopback, load_toml, read_key_file
-from server.transport import transport_options
+from server.transport import tls_from, transport_options
 
 log = logging.getLogger("edgefleet.node")
 
@@ -121,6 +119,7 @@ def serve(**kw: Any) -> None:
         kw["quantization"] = None
     if kw["enforce_eager"] is None:  # the small default models' start time matters more than their speed
         kw["enforce_eager"] = kw["model"] in (None, "demo-random")
+    tls_from(kw)  # both or neither, checked before an engine loads
     settings = NodeSettings(**kw)
     _setup_logging(settings.log_level)
     if not is_loopback(settings.host) and settings.api_key is None:
@@ -152,7 +151,7 @@ def run_node(settings: NodeSettings) -> int:
     from server.engine import create_engine
     from server.plan import choose_quantization
     from server.runtime import NodeRuntime
-    from server.transport import TransportLimits, server_config
+    from server.transport import TransportLimits, server_config, tls_from
 
     reason = None
     if settings.quantization == "auto":
@@ -179,7 +178,8 @@ def run_node(settings: NodeSettings) -> int:
     limits = TransportLimits(header_timeout=settings.header_timeout, body_timeout=settings.body_timeout,
                              max_connections=settings.max_connections or None)
     config = server_config(app, host=settings.host, port=settings.port, limits=limits, log_level="warning",
-                           timeout_graceful_shutdown=5, lifespan="on", server_header=False)
+                           timeout_graceful_shutdown=5, lifespan="on", server_header=False,
+                           **tls_from({"ssl_certfile": settings.ssl_certfile, "ssl_keyfile": settings.ssl_keyfile}))
     server = NodeServer(config, runtime, settings.shutdown_timeout)
     advertiser = None
     if settings.advertise:
@@ -188,7 +188,8 @@ def run_node(settings: NodeSettings) -> int:
         advertiser = NodeAdvertiser(name=runtime.name, node_id=runtime.node_id, host=settings.host,
                                     port=settings.port, zone=settings.zone)
         advertiser.start()
-    log.info("edgefleet node %s listening on http://%s:%d (engine %s)", runtime.name, settings.host, settings.port,
+    log.info("edgefleet node %s listening on http%s://%s:%d (engine %s)", runtime.name, "s" if settings.ssl_certfile else "",
+             settings.host, settings.port,
              settings.engine)
     try:
         server.run()
@@ -198,40 +199,12 @@ def run_node(settings: NodeSettings) -> int:
     return server.exit_code
 
 
-class NodeServer:
-    """uvicorn.Server with a draining SIGTERM: stop admitting, finish in-flight work up to
-    the shutdown timeout, end the rest in band, exit 0."""
+def NodeServer(config: Any, runtime: Any, shutdown_timeout: float) -> Any:
+    """uvicorn.Server with a draining SIGTERM (server/lifecycle.py): stop admitting, finish
+    in-flight work up to the shutdown timeout, end the rest in band, exit 0."""
+    from server.lifecycle import draining_server
 
-    def __new__(cls, config: Any, runtime: Any, shutdown_timeout: float):
-        import uvicorn
-
-        class _Server(uvicorn.Server):
-            exit_code = 0
-
-            def __init__(self) -> None:
-                super().__init__(config)
-                self._draining = False
-                self._loop: asyncio.AbstractEventLoop | None = None
-
-            async def serve(self, sockets: Any = None) -> None:
-                self._loop = asyncio.get_running_loop()
-                await super().serve(sockets)
-
-            def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-                if self._draining or self._loop is None or runtime.state != "ready":
-                    self.should_exit = True
-                    if self._draining:
-                        self.force_exit = True
-                    return
-                self._draining = True
-                self._loop.call_soon_threadsafe(lambda: asyncio.ensure_future(self._drain()))
-
-            async def _drain(self) -> None:
-                await runtime.drain(shutdown_timeout)
-                await asyncio.sleep(0.3)  # let ended streams flush their error events
-                self.should_exit = True
-
-        return _Server()
+    return draining_server(config, lambda: runtime.drain(shutdown_timeout), lambda: runtime.state == "ready")
 
 
 @click.command()
