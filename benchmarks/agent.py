@@ -34,7 +34,8 @@ def tool_results(tokenizer: Any, spec: ChainSpec, seed: int) -> list[list[str]]:
     from benchmarks.datasets import random_text
 
     if tokenizer is None:
-        raise ValueError("the agent-chain workload needs the model's tokenizer for tool results: pass --tokenizer DIR")
+        raise ValueError("the agent-chain workload needs the model's tokenizer for tool results: pass --tokenizer DIR "
+                         "(the endpoint has no POST /tokenize to fall back to)")
     rng = np.random.default_rng(seed + 7919)
     return [[random_text(tokenizer, spec.tool_result_len, rng)[0] for _ in range(spec.steps - 1)]
             for _ in range(spec.num_chains)]

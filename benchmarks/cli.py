@@ -185,7 +185,13 @@ def _run(kw: dict[str, Any], fleet: bool) -> None:
     model = kw["model"]
     tok_path = kw["tokenizer"] or (model if model and Path(model).expanduser().is_dir() else None)
     tokenizer = _tokenizer(tok_path)
-    workload = _workload(kw, tokenizer, tok_path, chat=endpoints[0].chat)
+    remote = None
+    if tokenizer is None and (kw["dataset_name"] == "random" or kw["workload"] == "agent-chain"):
+        remote = _remote_tokenizer(endpoints[0])  # the node's own, over /tokenize and /detokenize
+    workload = _workload(kw, tokenizer or remote, tok_path or (remote and f"{remote.root}/tokenize"),
+                         chat=endpoints[0].chat)
+    if remote is not None:
+        remote.close()
     workload.goodput = parse_goodput(kw["goodput"]) if kw["goodput"] else None
     rounds = kw["rounds"] or (3 if len(endpoints) > 1 else 1)
     progress = not kw["disable_tqdm"]
@@ -234,6 +240,12 @@ def _add_floor(res: dict[str, Any], weight_bytes: int | None) -> None:
         res["weight_bytes"] = wb
     if wb and bw:
         res["decode_floor_ms_per_token"] = wb / (bw * 1e9) * 1000.0
+
+
+def _remote_tokenizer(ep: Any) -> Any:
+    from benchmarks.remote_tokenizer import RemoteTokenizer
+
+    return RemoteTokenizer.probe(ep.base_url, ep.model, ep.api_key, ep.headers)
 
 
 def _tokenizer(path: str | None) -> Any:
@@ -317,7 +329,8 @@ def _workload(kw: dict[str, Any], tokenizer: Any, tok_path: str | None, chat: bo
     if name == "random":
         if tokenizer is None:
             raise ValueError("the random dataset needs the model's tokenizer: pass --tokenizer DIR "
-                             "(a local Hugging Face directory), or use --dataset-name sharegpt/custom")
+                             "(a local Hugging Face directory; the endpoint has no POST /tokenize to fall "
+                             "back to), or use --dataset-name sharegpt/custom")
         requests = random_requests(tokenizer, n, kw["input_len"] or kw["random_input_len"],
                                    out_len or kw["random_output_len"], kw["random_range_ratio"], kw["seed"],
                                    kw["random_prefix_len"])

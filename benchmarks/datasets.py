@@ -55,6 +55,8 @@ def allowed_ids(tokenizer: Any) -> np.ndarray:
     Byte-level vocabularies hold fragments of multi-byte characters; they decode to U+FFFD,
     which does not encode back to the same ids, and exact lengths would never converge.
     """
+    if hasattr(tokenizer, "allowed_ids"):  # a remote tokenizer picks its own candidates
+        return tokenizer.allowed_ids()
     special = set(tokenizer.all_special_ids)
     ids = []
     for i in range(tokenizer.vocab_size):

@@ -14,6 +14,9 @@
 #                           Skipped with a note when unreachable, so pip's own sources (a local
 #                           wheel dir, a mirror) keep working offline.
 #   EDGEFLEET_FORCE         1: run every step even if the stamp says this install is done
+#   EDGEFLEET_FETCH_MODEL   1 (default): put the default model (SmolLM2-135M-Instruct, ~98 MB)
+#                           in the model cache now, so `edgefleet serve` starts without fetching;
+#                           0: skip. A failed fetch is a note, not an error (the node says what to run).
 #   EDGEFLEET_INSTALL_DRY_RUN  1: print the steps instead of running them
 set -euo pipefail
 
@@ -25,12 +28,19 @@ EDITABLE=${EDGEFLEET_EDITABLE:-1}
 TORCH_INDEX=${EDGEFLEET_TORCH_INDEX-https://download.pytorch.org/whl/cpu}
 TORCH_VERSION=2.13.0
 DRY_RUN=${EDGEFLEET_INSTALL_DRY_RUN:-0}
+FETCH_MODEL=${EDGEFLEET_FETCH_MODEL:-1}
 STAMP=$VENV/.edgefleet-install
 
 say() { printf 'install.sh: %s\n' "$*" >&2; }
 run() {
     printf '+ %s\n' "$*" >&2
     if [ "$DRY_RUN" != 1 ]; then "$@"; fi
+}
+# The default model, outside the stamp: cheap when cached, and retried by every run until it is.
+prefetch_model() {
+    if [ "$FETCH_MODEL" = 1 ]; then
+        run "$VENV/bin/python" -m server.model_cache || say "note: the default model was not fetched; \`edgefleet serve\` will retry (or pass --model)"
+    fi
 }
 
 # What the stamp records: anything that changes what gets installed. An editable install
@@ -48,6 +58,7 @@ if [ ! -x "$VENV/bin/python" ]; then
 fi
 if [ "${EDGEFLEET_FORCE:-0}" != 1 ] && [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$(key)" ]; then
     say "$VENV is up to date (delete $STAMP or set EDGEFLEET_FORCE=1 to reinstall)"
+    prefetch_model
     exit 0
 fi
 
@@ -87,4 +98,5 @@ fi
 if [ "$DRY_RUN" != 1 ]; then
     key >"$STAMP"
 fi
+prefetch_model
 say "done: $VENV (activate with: source $VENV/bin/activate)"

@@ -42,6 +42,8 @@ class NodeSettings(BaseModel):
     header_timeout: float = 30.0  # transport deadlines and cap: server/transport.py
     body_timeout: float = 30.0
     max_connections: int = 1000  # 0: no cap
+    ssl_certfile: str | None = None  # TLS: both given, the node serves HTTPS (server/transport.py)
+    ssl_keyfile: str | None = None
     max_num_seqs: int = 32
     tool_call_parser: str = "hermes"
     enforce_eager: bool = False

@@ -29,9 +29,10 @@ from unittest import mock
 import click
 
 KINDS = ("node", "router")
-# The router's uvicorn waits this long for open connections after SIGTERM
-# (server/router/cli.py: timeout_graceful_shutdown).
-ROUTER_DRAIN_S = 5.0
+# After its drain (--shutdown-timeout, default 30 s) the router's uvicorn waits this long for
+# open connections (server/router/cli.py: timeout_graceful_shutdown).
+ROUTER_GRACE_S = 5.0
+ROUTER_DRAIN_S = 30.0
 CREDENTIAL = "api_key"
 # Options holding a path that is not a click.Path: made absolute too, since the unit does not
 # run in the caller's directory.
@@ -106,7 +107,9 @@ def canonical_flags(kind: str, args: list[str]) -> tuple[list[str], str | None, 
             key_file = value
             continue
         out += [name, value]
-    drain = ctx.params.get("shutdown_timeout", ROUTER_DRAIN_S) if kind == "node" else ROUTER_DRAIN_S
+    drain = ctx.params.get("shutdown_timeout", ROUTER_DRAIN_S)
+    if kind == "router":
+        drain += ROUTER_GRACE_S
     return out, key_file, float(drain)
 
 
@@ -170,6 +173,8 @@ def render_unit(spec: UnitSpec) -> str:
         "KillMode=mixed",
         "KillSignal=SIGTERM",
         f"TimeoutStopSec={spec.stop_timeout_s}",
+        *(["# The router reloads its fleet file and keys, and reopens its audit log, on SIGHUP.",
+           "ExecReload=/bin/kill -HUP $MAINPID"] if spec.kind == "router" else []),
         "# A drained stop exits 0 and stays stopped; a crash or a fatal engine error restarts.",
         "Restart=on-failure",
         "RestartSec=5",

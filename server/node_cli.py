@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import sys
-from types import FrameType
 from typing import Any
 
 import click
 
 from server.config import NodeSettings, is_loopback, load_toml, read_key_file
-from server.transport import transport_options
+from server.transport import tls_from, transport_options
 
 log = logging.getLogger("edgefleet.node")
 
@@ -90,9 +88,9 @@ def opt(*names: str, env: str | None = None, **kw: Any):
 @click.option("--config", "config_file", type=click.Path(dir_okay=False), envvar="EDGEFLEET_CONFIG", is_eager=True,
               expose_value=False, callback=_load_config, help="TOML file of settings (keys = flag names).")
 @opt("--model", "models", multiple=True, type=_OneEach(), env="EDGEFLEET_MODEL",
-     help="Local Hugging Face model directory, GGUF file or hub id; repeat it to host several models (each "
-     "loaded on its first request). Default: the demo model (tiny, RANDOM weights, built locally: its text is "
-     "noise).")
+     help="Local Hugging Face model directory, GGUF file (.gguf) or hub id; repeat it to host several models "
+     "(each loaded on its first request). Default: SmolLM2-135M-Instruct (Q4_1 GGUF, Apache-2.0), fetched once "
+     "into the model cache. 'demo-random': the tiny RANDOM-weight demo model built locally (its text is noise).")
 @opt("--models-dir", default=None, type=click.Path(file_okay=False),
      help="Host every model under this directory (each folder with a config.json, each *.gguf file).")
 @opt("--keep-alive", default="5m", show_default=True, help="Several models: how long an idle model stays "
@@ -154,8 +152,9 @@ def serve(**kw: Any) -> None:
     multi = len(models) > 1 or host_opts["models_dir"] is not None or bool(tables)
     kw["model"] = models[0] if len(models) == 1 and not multi else None
     eager_given = kw["enforce_eager"] is not None
-    if kw["enforce_eager"] is None:  # the demo model's speed is irrelevant; its start time is not
-        kw["enforce_eager"] = kw["model"] is None and not multi
+    if kw["enforce_eager"] is None:  # the small default models' start time matters more than their speed
+        kw["enforce_eager"] = kw["model"] in (None, "demo-random") and not multi
+    tls_from(kw)  # both or neither, checked before an engine loads
     settings = NodeSettings(**kw)
     _setup_logging(settings.log_level)
     if not is_loopback(settings.host) and settings.api_key is None:
@@ -165,6 +164,10 @@ def serve(**kw: Any) -> None:
         click.secho("!" * 72 + f"\n!! INSECURE: serving on {settings.host} with NO API key. Anyone who can reach\n"
                     "!! this port can use the model. Use --api-key outside a trusted network.\n" + "!" * 72,
                     fg="red", err=True)
+    from server.gguf import GgufError
+    from server.model_cache import ModelFetchError
+
+    host = None
     if multi:
         from server.host_run import build_host
 
@@ -172,8 +175,11 @@ def serve(**kw: Any) -> None:
             host = build_host(settings, models, tables, eager_given=eager_given, **host_opts)
         except (OSError, ValueError) as exc:
             raise click.UsageError(str(exc)) from None
-        sys.exit(run_node(settings, host=host))
-    sys.exit(run_node(settings))
+    try:
+        code = run_node(settings, host=host)
+    except (GgufError, ModelFetchError) as exc:  # the user's file or cache: a message, not a traceback
+        raise click.ClickException(str(exc)) from None
+    sys.exit(code)
 
 
 def _setup_logging(level: str) -> None:
@@ -186,7 +192,7 @@ def _setup_logging(level: str) -> None:
 def run_node(settings: NodeSettings, host: Any = None) -> int:
     """``host``: a server.host.ModelHost for a multi-model node; otherwise one engine."""
     from server.api.app import build_app
-    from server.transport import TransportLimits, server_config
+    from server.transport import TransportLimits, server_config, tls_from
 
     if host is not None:
         runtime = host
@@ -220,7 +226,8 @@ def run_node(settings: NodeSettings, host: Any = None) -> int:
     limits = TransportLimits(header_timeout=settings.header_timeout, body_timeout=settings.body_timeout,
                              max_connections=settings.max_connections or None)
     config = server_config(app, host=settings.host, port=settings.port, limits=limits, log_level="warning",
-                           timeout_graceful_shutdown=5, lifespan="on", server_header=False)
+                           timeout_graceful_shutdown=5, lifespan="on", server_header=False,
+                           **tls_from({"ssl_certfile": settings.ssl_certfile, "ssl_keyfile": settings.ssl_keyfile}))
     server = NodeServer(config, runtime, settings.shutdown_timeout)
     advertiser = None
     if settings.advertise:
@@ -229,7 +236,8 @@ def run_node(settings: NodeSettings, host: Any = None) -> int:
         advertiser = NodeAdvertiser(name=runtime.name, node_id=runtime.node_id, host=settings.host,
                                     port=settings.port, zone=settings.zone)
         advertiser.start()
-    log.info("edgefleet node %s listening on http://%s:%d (engine %s)", runtime.name, settings.host, settings.port,
+    log.info("edgefleet node %s listening on http%s://%s:%d (engine %s)", runtime.name, "s" if settings.ssl_certfile else "",
+             settings.host, settings.port,
              settings.engine)
     try:
         server.run()
@@ -239,40 +247,12 @@ def run_node(settings: NodeSettings, host: Any = None) -> int:
     return server.exit_code
 
 
-class NodeServer:
-    """uvicorn.Server with a draining SIGTERM: stop admitting, finish in-flight work up to
-    the shutdown timeout, end the rest in band, exit 0."""
+def NodeServer(config: Any, runtime: Any, shutdown_timeout: float) -> Any:
+    """uvicorn.Server with a draining SIGTERM (server/lifecycle.py): stop admitting, finish
+    in-flight work up to the shutdown timeout, end the rest in band, exit 0."""
+    from server.lifecycle import draining_server
 
-    def __new__(cls, config: Any, runtime: Any, shutdown_timeout: float):
-        import uvicorn
-
-        class _Server(uvicorn.Server):
-            exit_code = 0
-
-            def __init__(self) -> None:
-                super().__init__(config)
-                self._draining = False
-                self._loop: asyncio.AbstractEventLoop | None = None
-
-            async def serve(self, sockets: Any = None) -> None:
-                self._loop = asyncio.get_running_loop()
-                await super().serve(sockets)
-
-            def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-                if self._draining or self._loop is None or runtime.state != "ready":
-                    self.should_exit = True
-                    if self._draining:
-                        self.force_exit = True
-                    return
-                self._draining = True
-                self._loop.call_soon_threadsafe(lambda: asyncio.ensure_future(self._drain()))
-
-            async def _drain(self) -> None:
-                await runtime.drain(shutdown_timeout)
-                await asyncio.sleep(0.3)  # let ended streams flush their error events
-                self.should_exit = True
-
-        return _Server()
+    return draining_server(config, lambda: runtime.drain(shutdown_timeout), lambda: runtime.state == "ready")
 
 
 @click.command()
@@ -302,16 +282,18 @@ def capacity(url: str, api_key: str | None, prompt_tokens: int | None, max_token
 
 
 @click.command()
-@click.option("--model", default=None, help="Local model directory (default: the demo model).")
+@click.option("--model", default=None, help="Local model directory, .gguf file or demo-random (default: the default "
+              "model, SmolLM2-135M-Instruct).")
 @click.option("--max-model-len", type=int, default=None)
 @click.option("--json", "as_json", is_flag=True)
 def plan(model: str | None, max_model_len: int | None, as_json: bool) -> None:
     """Without loading weights: weight bytes, KV bytes per token and max context per quantization."""
+    from server.model_cache import ModelFetchError
     from server.plan import plan_table, render_plan
 
     try:
         rows = plan_table(model, max_model_len)
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, ModelFetchError) as exc:  # GgufError is a ValueError naming the file
         raise click.ClickException(str(exc)) from None
     if as_json:
         click.echo(json.dumps(rows, indent=2))

@@ -42,6 +42,10 @@ class ModelShape:
 
 def read_shape(model_dir: Path) -> ModelShape:
     cfg: dict[str, Any] = json.loads((model_dir / "config.json").read_text())
+    return shape_of(cfg)
+
+
+def shape_of(cfg: dict[str, Any]) -> ModelShape:
     cfg = cfg.get("text_config", cfg)
     h = cfg["hidden_size"]
     heads = cfg["num_attention_heads"]
@@ -79,7 +83,7 @@ def available_memory() -> tuple[int, str]:
 
 
 def _model_dir(model: str | None) -> Path:
-    if model is None:
+    if model is None or model == "demo-random":
         from server.demo_model import ensure_demo_model
 
         return ensure_demo_model()
@@ -93,7 +97,39 @@ def _dtype(shape: ModelShape, requested: str) -> str:
     return requested if requested in DTYPE_BYTES else shape.dtype
 
 
+def gguf_plan(path: str, max_model_len: int | None = None, dtype: str = "auto") -> list[dict[str, Any]]:
+    """A GGUF file: its own quantization at its tensor bytes (what the native engine holds),
+    and the dequantized float model (what the vLLM engine serves after conversion)."""
+    from server.gguf import check_supported, open_gguf
+    from server.gguf.reader import hf_config
+
+    g = open_gguf(path)
+    check_supported(g)
+    shape = shape_of(hf_config(g))
+    dt = _dtype(shape, dtype)
+    free, source = available_memory()
+    kv_tok = kv_bytes_per_token(shape, dt)
+    file_bytes = sum(t.n_bytes for t in g.tensors.values())
+    rows = []
+    for scheme, w, engines in ((f"gguf {g.quantization}", file_bytes, "native (blocks as stored)"),
+                               ("none", weight_bytes(shape, "none", dt), f"vllm (converted to {dt})")):
+        kv_tokens = max(0, (free - w) // kv_tok) if free > w else 0
+        ctx = min(kv_tokens, max_model_len or shape.max_position)
+        rows.append({"quantization": scheme, "engines": engines, "file": str(g.path), "file_bytes": g.size_bytes,
+                     "tensor_types": dict(g.tensor_types), "params": shape.params, "weight_bytes": int(w),
+                     "kv_bytes_per_token": kv_tok, "kv_tokens_that_fit": int(kv_tokens), "max_context": int(ctx),
+                     "memory_source": source, "memory_free_bytes": free,
+                     "fits": w < free and kv_tokens >= min(MIN_KV_TOKENS, ctx or 1)})
+    return rows
+
+
 def plan_table(model: str | None, max_model_len: int | None = None, dtype: str = "auto") -> list[dict[str, Any]]:
+    if model is None:  # what `edgefleet serve` would serve: the default model
+        from server.model_cache import ensure_default_model
+
+        model = str(ensure_default_model())
+    if model.lower().endswith(".gguf"):
+        return gguf_plan(model, max_model_len, dtype)
     shape = read_shape(_model_dir(model))
     dt = _dtype(shape, dtype)
     free, source = available_memory()
@@ -118,7 +154,9 @@ class QuantChoice:
 
 def choose_quantization(settings: NodeSettings) -> QuantChoice:
     """First of none / 8-bit / 4-bit whose weights plus a minimum KV budget fit."""
-    model_dir = _model_dir(settings.model) if settings.model is None or Path(settings.model).is_dir() else None
+    if settings.model is None or settings.model.lower().endswith(".gguf"):
+        return QuantChoice(None, "GGUF file: served at its own quantization (native) or converted (vllm)")
+    model_dir = _model_dir(settings.model) if settings.model == "demo-random" or Path(settings.model).is_dir() else None
     if model_dir is None:
         return QuantChoice(None, "model is not a local directory; cannot plan, serving unquantized")
     shape = read_shape(model_dir)
@@ -146,6 +184,9 @@ def render_plan(rows: list[dict[str, Any]]) -> None:
     from rich.console import Console
     from rich.table import Table
 
+    if "file" in rows[0]:
+        types = ", ".join(f"{n} {t}" for t, n in rows[0]["tensor_types"].items())
+        Console().print(f"{rows[0]['file']}: {rows[0]['file_bytes'] / GiB:.3f} GiB on disk; tensors: {types}")
     t = Table(title=f"Memory plan ({rows[0]['memory_source']}: {rows[0]['memory_free_bytes'] / GiB:.1f} GiB free)")
     for col in ("quantization", "weights", "KV / token", "max context", "fits"):
         t.add_column(col)

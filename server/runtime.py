@@ -250,7 +250,8 @@ class NodeRuntime:
             models.append(ModelEntry(id=info.id, root=info.root, max_model_len=info.max_model_len, dtype=info.dtype,
                                      quantization=info.quantization, weight_bytes=info.weight_bytes,
                                      quantization_reason=self.quantization_reason or info.note,
-                                     random_weights=info.random_weights, running=stats.num_running,
+                                     random_weights=info.random_weights, source=info.source,
+                                     converted=info.converted if info.source else None, running=stats.num_running,
                                      waiting=stats.num_waiting))
         summary = self.perf.summary()
         in_flight = self._in_flight_sequences()

@@ -72,6 +72,10 @@ def transport_options(opt: Callable[..., Any]) -> Callable[[Callable[..., Any]],
         opt("--max-connections", type=click.IntRange(min=0), default=1000, show_default=True,
             help="Open connections (and requests in flight) served at once; past it: 503 too_many_connections. "
             "0: no cap."),
+        opt("--ssl-certfile", type=click.Path(exists=True, dir_okay=False), default=None,
+            help="Serve HTTPS with this PEM certificate (chain); needs --ssl-keyfile."),
+        opt("--ssl-keyfile", type=click.Path(exists=True, dir_okay=False), default=None,
+            help="The PEM private key for --ssl-certfile."),
     ]
 
     def wrap(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -86,6 +90,16 @@ def limits_from(kw: dict[str, Any]) -> TransportLimits:
     cap = kw.pop("max_connections")
     return TransportLimits(header_timeout=kw.pop("header_timeout"), body_timeout=kw.pop("body_timeout"),
                            max_connections=cap or None)
+
+
+def tls_from(kw: dict[str, Any]) -> dict[str, str]:
+    """The uvicorn arguments for ``--ssl-certfile``/``--ssl-keyfile`` (both or neither)."""
+    import click
+
+    cert, key = kw.get("ssl_certfile"), kw.get("ssl_keyfile")
+    if bool(cert) != bool(key):
+        raise click.UsageError("--ssl-certfile and --ssl-keyfile go together")
+    return {"ssl_certfile": cert, "ssl_keyfile": key} if cert else {}
 
 
 def server_config(app: Any, *, host: str, port: int, limits: TransportLimits, **kw: Any):

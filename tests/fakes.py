@@ -42,8 +42,11 @@ class ScriptedEngine:
     def tokenize(self, text: str, add_special_tokens: bool = True) -> list[int]:
         return [ord(c) % 200 for c in text]
 
-    def render_chat(self, messages: list[dict[str, Any]], tools: Any) -> list[int]:
+    def render_chat(self, messages: list[dict[str, Any]], tools: Any, add_generation_prompt: bool = True) -> list[int]:
         return self.tokenize("".join(m["content"] for m in messages))
+
+    def detokenize(self, token_ids: list[int]) -> str:
+        return "".join(chr(t) for t in token_ids)
 
     def tool_parser(self, name: str):
         return get_tool_parser(name)

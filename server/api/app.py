@@ -11,11 +11,13 @@ from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
 
 from server import __version__
-from server.api import chat, completions, node_routes
+from server.api import chat, completions, node_routes, tokenize
 from server.config import is_loopback
+from server.edge.idempotency import Idempotency, IdempotencyMiddleware
 from server.edge.render import install_handlers
 from server.edge.security import KeyStore, SecurityMiddleware
 from server.runtime import NodeRuntime
+from server.store import MemoryStore
 
 log = logging.getLogger("edgefleet.node")
 
@@ -60,7 +62,11 @@ def build_app(runtime: NodeRuntime, *, api_key: str | None = None,
     app.include_router(chat.router)
     app.include_router(completions.router)
     app.include_router(node_routes.router)
+    app.include_router(tokenize.router)
     s = runtime.settings
+    # Idempotency-Key on the two generation routes (in memory on the node; server/edge/idempotency.py).
+    app.add_middleware(IdempotencyMiddleware, idempotency=Idempotency(MemoryStore()),
+                       paths={"/v1/chat/completions", "/v1/completions"})
     app.add_middleware(SecurityMiddleware, keys=KeyStore.single(api_key), loopback_bind=is_loopback(s.host),
                        allowed_hosts=s.allowed_hosts, allowed_origins=s.allowed_origins,
                        max_body_bytes=s.max_body_bytes)

@@ -15,6 +15,7 @@ from server.api.generation import (
     Generation,
     check_model_and_n,
     new_id,
+    off_loop,
     resolve_max_tokens,
     resolve_priority,
     start_stream,
@@ -107,12 +108,12 @@ async def create_chat_completion(body: ChatCompletionRequest, request: Request,
     check_model_and_n(runtime, body.model, body.n)
     priority = resolve_priority(request, body.priority)
     mode = body.tool_mode()
-    prompt = _render(runtime, body, mode)
+    prompt = await off_loop(request, _render, runtime, body, mode)
     max_tokens = resolve_max_tokens(runtime, len(prompt), body.requested_max_tokens())
     sampling = body.to_sampling(max_tokens)
     if (schema := _forced_schema(body, mode)) is not None:  # a forced tool call wins over response_format
         sampling.json_schema, sampling.json_object = schema, False
-    rid = new_id("chatcmpl")
+    rid = new_id("chatcmpl", request)
     gen = Generation(runtime, rid, prompt, sampling, body.n, priority)
     headers = {"X-Request-Id": rid}
     if body.stream:

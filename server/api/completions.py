@@ -14,6 +14,7 @@ from server.api.generation import (
     Generation,
     check_model_and_n,
     new_id,
+    off_loop,
     resolve_max_tokens,
     resolve_priority,
     start_stream,
@@ -70,12 +71,12 @@ async def create_completion(body: CompletionRequest, request: Request,
     runtime = await model_runtime(request, runtime, body.model)  # multi-model nodes: load on demand
     check_model_and_n(runtime, body.model, body.n)
     priority = resolve_priority(request, body.priority)
-    prompt, prompt_text = _prompt_ids(runtime, body)
+    prompt, prompt_text = await off_loop(request, _prompt_ids, runtime, body)
     if not prompt:
         raise InvalidRequest("prompt must not be empty.", param="prompt")
     max_tokens = resolve_max_tokens(runtime, len(prompt), body.max_tokens)
     sampling = body.to_sampling(max_tokens)
-    rid = new_id("cmpl")
+    rid = new_id("cmpl", request)
     gen = Generation(runtime, rid, prompt, sampling, body.n, priority)
     echo = (prompt_text or "") if body.echo else ""
     headers = {"X-Request-Id": rid}

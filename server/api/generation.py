@@ -9,11 +9,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from starlette.requests import Request
 
@@ -43,8 +45,31 @@ T = TypeVar("T")
 log = logging.getLogger("edgefleet.api")
 
 
-def new_id(prefix: str) -> str:
+_SANE_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+OFFLOAD_BYTES = 8 << 10  # bodies above this are tokenized and templated off the event loop
+_TOKENIZE = ThreadPoolExecutor(1, thread_name_prefix="edgefleet-tokenize")  # one: tokenizers are not all thread-safe
+
+
+def new_id(prefix: str, request: Request | None = None) -> str:
+    """The response id. A caller's ``X-Request-Id`` (the router's, say) is kept when it is a
+    sane token (1-128 of ``A-Za-z0-9._:-``): the id is then ``<prefix>-<that id>``, and the
+    node's log lines and the router's audit line carry the same id."""
+    incoming = request.headers.get("x-request-id") if request is not None else None
+    if incoming and _SANE_ID.fullmatch(incoming):
+        return f"{prefix}-{incoming}"
     return f"{prefix}-{uuid.uuid4().hex}"
+
+
+async def off_loop(request: Request, fn: Callable[..., T], *args: Any) -> T:
+    """Run ``fn`` (tokenizing, chat templating) on the tokenizer thread when the body is
+    large, so that one multi-MiB prompt does not stall every other stream's events."""
+    try:
+        size = int(request.headers.get("content-length") or 0)
+    except ValueError:
+        size = 0
+    if size <= OFFLOAD_BYTES:
+        return fn(*args)
+    return await asyncio.get_running_loop().run_in_executor(_TOKENIZE, fn, *args)
 
 
 def check_model_and_n(runtime: NodeRuntime, model: str, n: int) -> None:
@@ -172,6 +197,8 @@ class Generation:
         if not self._closed:
             self._closed = True
             self.runtime.end(self.request_id, finish or self.finish)
+            log.debug("request %s finished (%s): %d prompt tokens, %.0f ms", self.request_id, finish or self.finish,
+                      len(self.prompt_ids), (time.monotonic() - self.arrival) * 1000.0)
 
 
 async def _merge(streams: list[AsyncIterator[T]]) -> AsyncIterator[T]:

@@ -44,6 +44,10 @@ class ModelEntry(BaseModel):
     quantization_reason: str | None = None
     weight_bytes: int | None = None
     random_weights: bool = Field(False, description="Demo/test model: its text is noise.")
+    source: str | None = Field(None, description="Where the served weights came from when not a plain "
+                               "model directory, e.g. 'gguf:SmolLM2-135M-Instruct.Q4_1.gguf'.")
+    converted: bool | None = Field(None, description="True when the engine serves a directory converted "
+                                   "from `source` (vLLM reads no GGUF).")
     # version 2
     state: ModelStateName = Field("loaded", description="Whether a request would wait for a load or a wake.")
     state_reason: str | None = Field(None, description="Why the model is failed, unloaded or asleep.")

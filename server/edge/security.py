@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import ClassVar
 from urllib.parse import urlsplit
@@ -39,6 +39,7 @@ def hash_key(key: str) -> str:
 class ApiKey:
     key_id: str
     digest: str  # "sha256:<hex>"
+    admin: bool = False  # may see fleet internals (the router's node URLs, /metrics, every key's usage)
 
 
 @dataclass
@@ -59,6 +60,14 @@ class KeyStore:
     @property
     def enabled(self) -> bool:
         return bool(self.keys)
+
+    def is_admin(self, key_id: str) -> bool:
+        return any(k.admin for k in self.keys if k.key_id == key_id)
+
+    def replace(self, keys: list[ApiKey]) -> None:
+        """New keys in place (a reload): a revoked key is refused from the next request."""
+        self.keys = list(keys)
+        self._verified.clear()
 
     def verify(self, presented: str) -> str | None:
         """Return the key id for a presented key, else None. Checks every key (no early exit)."""
@@ -108,10 +117,11 @@ class SecurityMiddleware:
     def __init__(self, app: ASGIApp, *, keys: KeyStore, loopback_bind: bool,
                  allowed_hosts: Iterable[str] = (), allowed_origins: Iterable[str] = (),
                  max_body_bytes: int = 4 << 20, exempt: Iterable[str] = EXEMPT_PATHS,
-                 body_first: Iterable[str] = ()):
+                 body_first: Iterable[str] = (), on_reject: Callable[[Scope, ApiError], None] | None = None):
         """``body_first``: paths whose handler reads the whole body before it answers, so an
         oversized body is always caught before a response starts; their ``send`` is passed
-        through unwrapped (one coroutine layer less per streamed chunk)."""
+        through unwrapped (one coroutine layer less per streamed chunk). ``on_reject``: told
+        of every request refused here (401, 403, 413, 431), e.g. to audit it; must not raise."""
         self.app = app
         self.keys = keys
         self.loopback_bind = loopback_bind
@@ -120,6 +130,7 @@ class SecurityMiddleware:
         self.max_body_bytes = max_body_bytes
         self.exempt = frozenset(exempt)
         self.body_first = frozenset(body_first)
+        self.on_reject = on_reject
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -135,6 +146,8 @@ class SecurityMiddleware:
                 self._check_auth(scope, headers)
             self._check_declared_length(headers)
         except ApiError as err:
+            if self.on_reject is not None:
+                self.on_reject(scope, err)
             await send_error(send, err, close=True)
             return
 
@@ -160,8 +173,10 @@ class SecurityMiddleware:
             await self.app(scope, limited_receive, send if scope["path"] in self.body_first else tracking_send)
         except _BodyTooLarge:
             if not started:
-                await send_error(send, PayloadTooLarge(f"Request body exceeds {self.max_body_bytes} bytes."),
-                                 close=True)
+                err = PayloadTooLarge(f"Request body exceeds {self.max_body_bytes} bytes.")
+                if self.on_reject is not None:
+                    self.on_reject(scope, err)
+                await send_error(send, err, close=True)
 
     def _check_host_and_origin(self, headers: dict[bytes, bytes]) -> None:
         host = _hostname(headers.get(b"host", b"").decode("latin-1"))
@@ -184,7 +199,9 @@ class SecurityMiddleware:
         if key_id is None:
             raise AuthenticationError("Missing or invalid API key.",
                                       headers={"WWW-Authenticate": "Bearer"})
-        scope.setdefault("state", {})["key_id"] = key_id
+        state = scope.setdefault("state", {})
+        state["key_id"] = key_id
+        state["admin"] = self.keys.is_admin(key_id)
 
     def _check_declared_length(self, headers: dict[bytes, bytes]) -> None:
         declared = headers.get(b"content-length")

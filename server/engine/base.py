@@ -26,6 +26,8 @@ class ModelInfo:
     weight_bytes: int | None = None
     random_weights: bool = False  # the demo model: its text is noise
     note: str | None = None  # free-form, e.g. why a quantization was picked
+    source: str | None = None  # where a derived model came from, e.g. "gguf:file.gguf"
+    converted: bool = False  # served from a directory converted from ``source``
 
 
 @dataclass(slots=True)
@@ -167,8 +169,11 @@ class Engine(Protocol):
     # Text processing lives with the engine: it owns the tokenizer and chat template.
     def tokenize(self, text: str, add_special_tokens: bool = True) -> list[int]: ...
 
-    def render_chat(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None) -> list[int]:
+    def render_chat(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None,
+                    add_generation_prompt: bool = True) -> list[int]:
         """Apply the model's chat template (never a client's) and tokenize."""
         ...
+
+    def detokenize(self, token_ids: list[int]) -> str: ...
 
     def tool_parser(self, name: str) -> ToolCallParser: ...

@@ -367,7 +367,14 @@ class SimEngine:
                for i in range(n)]
         return ([1] if add_special_tokens else []) + ids
 
-    def render_chat(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None) -> list[int]:
+    def detokenize(self, token_ids: list[int]) -> str:
+        """Placeholder text that tokenizes back to as many tokens: one word of
+        ``chars_per_token`` characters per id (ids below 100 are the framing tokens: none)."""
+        cpt = self.opts.chars_per_token
+        return "".join(chr(97 + t % 26) * cpt for t in token_ids if t >= 100)
+
+    def render_chat(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None,
+                    add_generation_prompt: bool = True) -> list[int]:
         # ChatML-like framing: 4 tokens of overhead per message, plus the generation prompt.
         ids: list[int] = [1]
         for m in messages:
@@ -378,7 +385,7 @@ class SimEngine:
         if tools:
             import json
             ids += self.tokenize(json.dumps(tools), add_special_tokens=False)
-        return ids + [2, 6]
+        return ids + [2, 6] if add_generation_prompt else ids
 
     def tool_parser(self, name: str) -> ToolCallParser:
         from server.engine.toolcalls import get_tool_parser

@@ -63,11 +63,13 @@ def _stat_logger_factory(stats: EngineStats):
 class VllmEngine:
     name = "vllm"
 
-    def __init__(self, settings: NodeSettings, model_dir: Path | str, model_id: str, random_weights: bool = False):
+    def __init__(self, settings: NodeSettings, model_dir: Path | str, model_id: str, random_weights: bool = False,
+                 source: str | None = None):
         self.settings = settings
         self.model_dir = str(model_dir)
         self.model_id = model_id
         self.random_weights = random_weights
+        self.source = source  # "gguf:<file>" when model_dir was converted from it
         self._stats = EngineStats()
         # request id -> (prompt tokens, priority), until its first output: our view of the queue
         self._pending_prompt: dict[str, tuple[int, int]] = {}
@@ -94,6 +96,9 @@ class VllmEngine:
             # "auto" downcasts to bf16 on CPUs that claim bf16 support, and some virtual
             # machines claim it without delivering it: the worker dies with SIGILL.)
             dtype = "float32"
+        elif dtype == "auto" and self.source:  # converted from GGUF: the dtype chosen for it, kept
+            import json
+            dtype = json.loads((Path(self.model_dir) / "config.json").read_text()).get("torch_dtype", "auto")
         kwargs: dict[str, Any] = dict(
             model=self.model_dir, served_model_name=[self.model_id], dtype=dtype,
             quantization=s.quantization if s.quantization not in (None, "auto", "none") else None,
@@ -125,7 +130,8 @@ class VllmEngine:
         self._info = ModelInfo(
             id=self.model_id, root=self.model_dir, max_model_len=int(mc.max_model_len),
             dtype=str(mc.dtype).removeprefix("torch."), quantization=mc.quantization,
-            random_weights=self.random_weights)
+            random_weights=self.random_weights, source=self.source, converted=self.source is not None,
+            note=f"converted from {self.source} (dequantized; vLLM reads no GGUF)" if self.source else None)
         say(f"ready: max_model_len={mc.max_model_len} dtype={self._info.dtype} "
             f"kv_tokens={self._stats.kv_total_tokens}")
 
@@ -151,12 +157,19 @@ class VllmEngine:
     def tokenize(self, text: str, add_special_tokens: bool = True) -> list[int]:
         return list(self._tokenizer.encode(text, add_special_tokens=add_special_tokens))
 
-    def render_chat(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None) -> list[int]:
+    def render_chat(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None,
+                    add_generation_prompt: bool = True) -> list[int]:
         out = self._tokenizer.apply_chat_template(
-            messages, tools=tools, add_generation_prompt=True, tokenize=True)
+            messages, tools=tools, add_generation_prompt=add_generation_prompt, tokenize=True)
         if isinstance(out, dict) or hasattr(out, "keys"):
             out = out["input_ids"]
         return list(out)
+
+    def detokenize(self, token_ids: list[int]) -> str:
+        vocab = len(self._tokenizer)
+        if any(t >= vocab for t in token_ids):  # the fast tokenizer would silently drop them
+            raise ValueError(f"token ids must be below the vocabulary size {vocab}")
+        return self._tokenizer.decode(token_ids)
 
     def tool_parser(self, name: str) -> ToolCallParser:
         from vllm.tool_parsers import ToolParserManager

@@ -27,6 +27,7 @@ from server.edge.security import SecurityMiddleware
 from server.router.config import RouterSettings
 from server.router.core import Router
 from server.router.mcp_tools import build_mcp
+from server.router.persist import Persistence
 from server.router.routes import PROXY_ROUTES, fleet_view, models_view, pick_view, proxy_routes, routes
 from server.router.session import pick_info
 from server.router.warm import warm_model
@@ -119,15 +120,18 @@ class LocalBackend:
 
 def create_app(settings: RouterSettings) -> tuple[ASGIApp, Router]:
     router = Router(settings)
+    persist = Persistence(router)  # the store: idempotency results, limit windows and usage
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
+        await persist.start()
         await router.start()
         async with app.state.mcp.session_manager.run():
             try:
                 yield
             finally:
                 await router.stop()
+                await persist.stop()
 
     inner = FastAPI(title="edgefleet router", version=__version__, lifespan=lifespan,
                     docs_url=None, redoc_url=None)
@@ -145,8 +149,18 @@ def create_app(settings: RouterSettings) -> tuple[ASGIApp, Router]:
         transport_security=TransportSecuritySettings(enable_dns_rebinding_protection=False))
     inner.router.routes.extend(mcp_app.routes)
 
+    def audit_rejected(scope: Scope, err: Any) -> None:
+        """A request the edge refused (401, 403, 413, 431) gets its audit line too."""
+        router.metrics.requests.labels("-", str(err.status_code)).inc()  # counted; no latency to observe
+        if router.audit.enabled:
+            client = scope.get("client")
+            router.audit.write({"request_id": None, "key_id": (scope.get("state") or {}).get("key_id"),
+                                "client": client[0] if client else None, "method": scope.get("method"),
+                                "path": scope.get("path"), "status": err.status_code, "outcome": err.code,
+                                "error": err.code})
+
     app = SecurityMiddleware(
         fast, keys=settings.keys, loopback_bind=is_loopback(settings.host),
         allowed_hosts=settings.allowed_hosts, allowed_origins=settings.allowed_origins,
-        max_body_bytes=settings.max_body_bytes, body_first=PROXY_ROUTES)
+        max_body_bytes=settings.max_body_bytes, body_first=PROXY_ROUTES, on_reject=audit_rejected)
     return app, router

@@ -11,7 +11,8 @@ from typing import Any
 import click
 
 from server.config import is_loopback
-from server.transport import limits_from, transport_options
+from server.router.persist import store_options, store_settings
+from server.transport import limits_from, tls_from, transport_options
 
 log = logging.getLogger("edgefleet.router")
 
@@ -52,6 +53,11 @@ def _hash_key(ctx: click.Context, _p: click.Parameter, value: bool) -> None:
 @opt("--port", type=int, default=8080, show_default=True)
 @opt("--api-key", default=None, help="A client key the router accepts (id 'default'); more in the fleet file.")
 @opt("--api-key-file", type=click.Path(dir_okay=False), default=None, help="Read that client key from a file.")
+@opt("--admin-key", default=None, help="A client key (id 'admin') that also sees fleet internals: /v1/fleet, "
+     "node URLs, /metrics, every key's usage.")
+@opt("--admin-key-file", type=click.Path(dir_okay=False), default=None, help="Read the admin key from a file.")
+@opt("--shutdown-timeout", type=float, default=30.0, show_default=True,
+     help="On SIGTERM, seconds in-flight requests may finish before they are ended in band.")
 @opt("--insecure", is_flag=True, default=False, help="Allow a non-loopback bind without client keys.")
 @opt("--policy", type=click.Choice(["nearest_idle", "cache_blind", "cache_aware", "session_sticky",
                                            "round_robin", "random", "least_loaded"]), default=None,
@@ -60,7 +66,10 @@ def _hash_key(ctx: click.Context, _p: click.Parameter, value: bool) -> None:
 @opt("--max-attempts", type=int, default=3, show_default=True, help="Nodes tried before the first byte.")
 @opt("--connect-timeout", type=float, default=1.0, show_default=True)
 @opt("--first-byte-timeout", type=float, default=10.0, show_default=True,
-     help="Seconds to wait for a node's response headers before failing over.")
+     help="Seconds to wait for a node's response headers before failing over; raised per request to "
+     "--first-byte-ttft-factor x the node's predicted TTFT (a long prefill is not a failure).")
+@opt("--first-byte-ttft-factor", type=click.FloatRange(min=1.0), default=3.0, show_default=True,
+     help="k in: first-byte deadline = max(--first-byte-timeout, k x predicted TTFT).")
 @opt("--total-deadline", type=float, default=30.0, show_default=True, help="Budget for all attempts.")
 @opt("--read-timeout", type=float, default=300.0, show_default=True, help="Max gap between chunks once streaming.")
 @opt("--failure-threshold", type=int, default=3, show_default=True, help="Failures that open a node's breaker.")
@@ -71,9 +80,13 @@ def _hash_key(ctx: click.Context, _p: click.Parameter, value: bool) -> None:
 @opt("--allowed-host", "allowed_hosts", multiple=True, help="Extra Host header values accepted.")
 @opt("--allowed-origin", "allowed_origins", multiple=True, help="Extra browser Origins accepted.")
 @opt("--max-body-bytes", type=int, default=4 << 20, show_default=True)
+@opt("--node-ca-file", type=click.Path(exists=True, dir_okay=False), default=None,
+     help="PEM CA bundle that https:// node certificates are checked against (self-signed nodes). "
+     "Default: the system's.")
 @opt("--max-response-bytes", type=click.IntRange(min=1), default=64 << 20, show_default=True,
      help="Largest response body accepted from a node (streamed or whole); past it the client gets an error.")
 @transport_options(opt)
+@store_options(opt)
 @opt("--seed", type=int, default=None, help="Seed for random tie-breaking (experiments).")
 @opt("--log-level", default="info", show_default=True)
 def route(**kw: Any) -> None:
@@ -84,6 +97,7 @@ def route(**kw: Any) -> None:
     from server.transport import server_config
 
     limits = limits_from(kw)
+    tls = tls_from(kw)
     settings = build_settings(kw)
     logging.basicConfig(level=kw["log_level"].upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per upstream call is noise
@@ -93,8 +107,8 @@ def route(**kw: Any) -> None:
                                    "give --api-key or [[keys]] in the fleet file, or --insecure")
         click.secho("!" * 72 + f"\n WARNING: router on {settings.host} with NO authentication (--insecure)\n"
                     + "!" * 72, fg="red", err=True)
-    app, _ = create_app(settings)
-    click.echo(f"edgefleet router on http://{settings.host}:{settings.port} policy={settings.policy} "
+    app, router = create_app(settings)
+    click.echo(f"edgefleet router on http{'s' if tls else ''}://{settings.host}:{settings.port} policy={settings.policy} "
                f"nodes={len(settings.nodes)} discover={settings.discover}", err=True)
     # Everything imported and built so far lives as long as the process: keep it out of the
     # cyclic GC's scans, which otherwise walk it again and again under load (Instagram's
@@ -104,8 +118,20 @@ def route(**kw: Any) -> None:
     # No X-Forwarded-* rewriting: nothing in the router reads the client address, and the
     # middleware would run on every proxied request.
     config = server_config(app, host=settings.host, port=settings.port, limits=limits,
-                           log_level=kw["log_level"].lower(), proxy_headers=False, timeout_graceful_shutdown=5)
-    uvicorn.Server(config).run()
+                           log_level=kw["log_level"].lower(), proxy_headers=False, timeout_graceful_shutdown=5,
+                           **tls)
+    from server.lifecycle import draining_server
+
+    def on_hup() -> None:  # reload the fleet file and keys; reopen the audit log (logrotate)
+        try:
+            router.reload(build_settings(kw))
+        except (click.ClickException, OSError, ValueError) as exc:
+            router.audit.reopen()
+            log.error("SIGHUP: reload failed, keeping the previous keys and nodes: %s",
+                      getattr(exc, "message", None) or exc)
+
+    server = draining_server(config, lambda: router.drain(settings.shutdown_timeout), on_hup=on_hup)
+    server.run()
 
 
 def build_settings(kw: dict[str, Any]):
@@ -134,6 +160,10 @@ def build_settings(kw: dict[str, Any]):
     key = kw["api_key"] or (read_key_file(kw["api_key_file"]) if kw["api_key_file"] else None)
     if key:
         keys.append(ApiKey("default", hash_key(key)))
+    admin_file = kw.get("admin_key_file")
+    admin = kw.get("admin_key") or (read_key_file(admin_file) if admin_file else None)
+    if admin:
+        keys.append(ApiKey("admin", hash_key(admin), admin=True))
     _check_networks(tuple(kw.get("discovery_allow_networks", ())))
     discover = kw["discover"] if kw["discover"] is not None else router_opts.get("discover", not specs)
     try:
@@ -156,7 +186,9 @@ def build_settings(kw: dict[str, Any]):
             host=kw["host"], port=kw["port"], keys=KeyStore(keys), limits=limits,
             allowed_hosts=tuple(kw["allowed_hosts"]), allowed_origins=tuple(kw["allowed_origins"]),
             max_body_bytes=kw["max_body_bytes"], max_response_bytes=kw.get("max_response_bytes", 64 << 20),
-            audit_log=kw["audit_log"], log_prompts=kw["log_prompts"],
+            audit_log=kw["audit_log"], log_prompts=kw["log_prompts"], **store_settings(kw),
+            shutdown_timeout=kw.get("shutdown_timeout", 30.0), node_ca_file=kw.get("node_ca_file"),
+            first_byte_ttft_factor=kw.get("first_byte_ttft_factor", 3.0),
         )
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None

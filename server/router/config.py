@@ -21,6 +21,7 @@ Fleet file::
     max_concurrent = 4
     priority_default = 10         # optional: priority when a request gives none (lower runs first)
     priority_min = 0              # optional: the most urgent priority this key may ask for (clamped)
+    admin = false                 # optional: true lets this key see fleet internals (docs/router.md)
 """
 
 from __future__ import annotations
@@ -75,6 +76,7 @@ class FleetKey(_Strict):
     max_concurrent: int | None = Field(None, ge=1)
     priority_default: int | None = Field(None, ge=-100, le=100)
     priority_min: int | None = Field(None, ge=-100, le=100)
+    admin: bool = False  # sees fleet internals: node URLs, /v1/fleet, /metrics, every key's usage
 
 
 class FleetFile(_Strict):
@@ -122,10 +124,21 @@ class RouterSettings:
     audit_log: str | None = None
     log_prompts: bool = False
     default_max_tokens: int = 256  # for scoring when a request sets none
+    # The store (server/router/persist.py): idempotency results, limit windows and usage.
+    state_dir: str | None = None  # SQLite here; in memory when None
+    store_url: str | None = None  # redis://host:port/db: shared by several routers
+    idempotency_ttl: float = 86_400.0
+    idempotency_max_bytes: int = 1 << 20
+    store_max_entries: int = 10_000
+    store_max_bytes: int = 1 << 30
+    limits_flush_interval: float = 1.0
+    node_ca_file: str | None = None  # CA bundle for https:// nodes (default: the system's)
+    shutdown_timeout: float = 30.0  # SIGTERM: seconds in-flight requests may finish (server/router/core.py drain)
+    first_byte_ttft_factor: float = 3.0  # first-byte deadline >= this x the node's predicted TTFT
 
 
 def keys_from_fleet(fleet: FleetFile) -> tuple[list[ApiKey], dict[str, KeyLimits]]:
-    keys = [ApiKey(k.id, k.hash) for k in fleet.keys]
+    keys = [ApiKey(k.id, k.hash, admin=k.admin) for k in fleet.keys]
     limits = {k.id: KeyLimits(k.requests_per_min, k.tokens_per_min, k.max_concurrent,
                                 k.priority_default, k.priority_min) for k in fleet.keys}
     return keys, limits

@@ -23,7 +23,7 @@ from server.router.metrics import RouterMetrics
 from server.router.policy import Estimate, RequestInfo, estimate, make_policy
 from server.router.prefix_index import PrefixIndex
 from server.router.poller import Poller
-from server.router.registry import FailureOutcome, Node, NodeSpec, Registry
+from server.router.registry import FailureOutcome, Node, NodeSpec, Registry, normalize_url
 from server.router.upstream import ConnectTimeout, Response, UpstreamIOError, UpstreamPool
 from server.router.warmth import prefer_warm
 
@@ -48,8 +48,11 @@ class Router:
         self.index = PrefixIndex()  # which prompt prefixes each node is believed to hold
         self.policy = make_policy(settings.policy, settings.seed, self.index)
         self.limiter = RateLimiter(settings.limits)
-        self.audit = AuditLog(settings.audit_log, settings.log_prompts)
+        self.idempotency = None  # server.edge.idempotency.Idempotency, set at start (server/router/persist.py)
         self.metrics = RouterMetrics(self.index)
+        self.audit = AuditLog(settings.audit_log, settings.log_prompts, on_error=self.metrics.audit_errors.inc)
+        self.draining = False  # SIGTERM: /ready is 503 and new proxied requests get 503 server_shutting_down
+        self.streams: dict[object, asyncio.Task[None]] = {}  # relaying exchanges, ended in band at drain timeout
         self.upstream: UpstreamPool | None = None  # proxied requests (the hot path) and capacity polls
         self.poller: Poller | None = None
         self.browser = None  # server.router.discovery.NodeBrowser when --discover
@@ -65,7 +68,11 @@ class Router:
         # The nodes' own pool: lean keep-alive HTTP/1.1 (server/router/upstream.py), because
         # every agent call crosses it and aiohttp alone cost more than the router's 1 ms goal.
         # It never goes through an environment proxy.
-        self.upstream = UpstreamPool(read_timeout=s.read_timeout, max_body_bytes=s.max_response_bytes)
+        import ssl
+
+        ctx = ssl.create_default_context(cafile=s.node_ca_file) if s.node_ca_file else None
+        self.upstream = UpstreamPool(read_timeout=s.read_timeout, max_body_bytes=s.max_response_bytes,
+                                     ssl_context=ctx)
         self.poller = Poller(self.registry, self.upstream, s.poll_interval)
         await self.poller.poll_once()  # know the fleet before the first request
         self.poller.start()
@@ -88,6 +95,53 @@ class Router:
         if self.upstream is not None:
             await self.upstream.close()
         self.audit.close()
+
+    async def drain(self, timeout: float) -> int:
+        """SIGTERM: /ready turns 503 and new proxied requests get 503 server_shutting_down at
+        once; in-flight exchanges may finish for up to ``timeout`` s; the rest are then ended
+        (a stream with one in-band error event and no ``[DONE]``, a waiting call with 503
+        server_shutting_down), each audited as such. Returns how many were ended."""
+        self.draining = True
+        log.info("shutting down: draining %d in-flight request(s), up to %.0f s", len(self.streams), timeout)
+        deadline = time.monotonic() + timeout
+        while self.streams and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        cut = 0
+        for ex, task in list(self.streams.items()):
+            ex.cut = True  # type: ignore[attr-defined]
+            task.cancel()
+            cut += 1
+        if cut:
+            log.warning("drain timeout: ended %d request(s) in band", cut)
+            for _ in range(100):  # let the ended exchanges write their error and audit line
+                if not self.streams:
+                    break
+                await asyncio.sleep(0.01)
+        return cut
+
+    def reload(self, new: RouterSettings) -> None:
+        """SIGHUP: new client keys and limits (a revoked key is refused from the next
+        request), static nodes added or removed; streams in flight are not touched."""
+        s = self.settings
+        s.keys.replace(new.keys.keys)
+        s.limits.clear()
+        s.limits.update(new.limits)
+        self.limiter.limits = s.limits
+        wanted = {normalize_url(spec.url): spec for spec in new.nodes}
+        for node in self.registry.nodes():
+            if node.source == "static" and node.url not in wanted:
+                self.registry.remove(node.url)
+                self.index.forget(node.url)
+                log.info("reload: node %s removed", node.name)
+        for url, spec in wanted.items():
+            node = self.registry.find(url)
+            if node is None:
+                node = self.registry.add(spec)
+                log.info("reload: node %s added", node.name)
+            node.api_key = spec.api_key
+            node.auth_headers = {"authorization": f"Bearer {spec.api_key}"} if spec.api_key else {}
+        self.audit.reopen()
+        log.info("reloaded: %d client key(s), %d configured node(s)", len(s.keys.keys), len(wanted))
 
     def _discovered(self, spec: NodeSpec) -> None:
         """An announcement: admitted only once it passes server/router/trust.py (G1, G2)."""
@@ -198,9 +252,11 @@ class Router:
         """
         assert self.upstream is not None
         s = self.settings
-        deadline = time.monotonic() + s.total_deadline
+        deadline = time.monotonic() + max(s.total_deadline, first_byte_deadline(
+            s.first_byte_timeout, s.first_byte_ttft_factor, ranked[0].ttft_ms if ranked else None))
         retry_after: str | None = None
         busy = False
+        timed_out = False
         for est in ranked[: max(1, s.max_attempts)]:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
@@ -211,14 +267,20 @@ class Router:
             try:
                 resp = await self.upstream.request(
                     node.url, path, body, headers, connect_timeout=min(s.connect_timeout, remaining),
-                    head_timeout=min(s.first_byte_timeout, remaining) if stream else s.read_timeout)
+                    head_timeout=min(first_byte_deadline(s.first_byte_timeout, s.first_byte_ttft_factor, est.ttft_ms),
+                                     remaining) if stream else s.read_timeout)
             except ConnectTimeout:
                 self._failed(node, attempts, "connect_timeout")
                 continue
             except TimeoutError:
                 self._failed(node, attempts, "timeout")
                 if not stream:
-                    raise UpstreamTimeout("The node did not answer in time.") from None
+                    # Sent and possibly running: retrying elsewhere could run the generation twice.
+                    raise UpstreamTimeout(
+                        f"Phase whole_response: node {node.name} did not finish the "
+                        f"non-streamed response within --read-timeout {s.read_timeout:g} s; it was not retried "
+                        "elsewhere, since the request may already be running there.") from None
+                timed_out = True
                 continue
             except UpstreamIOError:
                 self._failed(node, attempts, "connect_error")
@@ -236,6 +298,11 @@ class Router:
                 continue
             attempts.append(Attempt(node.name, "ok"))
             return node, resp
+        if timed_out and not busy:
+            raise UpstreamTimeout(
+                f"Phase first_byte: no node sent its first byte in time "
+                f"(attempts: {', '.join(a.node + ':' + a.outcome for a in attempts)}).",
+                headers={"Retry-After": "1"})
         if busy:
             raise Overloaded("Every node that serves this model is busy; retry later.",
                              headers={"Retry-After": _retry_after(retry_after)})
@@ -248,6 +315,15 @@ class Router:
         attempts.append(Attempt(node.name, outcome))
         self.metrics.failovers.inc()
         log.warning("node %s failed before the first byte (%s); trying the next", node.name, outcome)
+
+
+def first_byte_deadline(base_s: float, factor: float, predicted_ttft_ms: float | None) -> float:
+    """Seconds to wait for a streaming node's first byte: ``max(base_s, factor x predicted
+    TTFT)``. A 100k-token prefill predicted at 20 s gets 60 s with factor 3, not the 10 s
+    default that would call a busy node dead and fail over (then prefill again elsewhere)."""
+    if predicted_ttft_ms is None or predicted_ttft_ms != predicted_ttft_ms or predicted_ttft_ms == float("inf"):
+        return base_s
+    return max(base_s, factor * predicted_ttft_ms / 1000.0)
 
 
 _ID_PREFIX = "rt-" + secrets.token_hex(6)

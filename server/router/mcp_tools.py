@@ -57,13 +57,19 @@ def build_mcp(backend: FleetBackend) -> MCPServer:
         return await backend.models()
 
     @mcp.tool()
-    async def list_nodes() -> list[dict[str, Any]]:
-        """Every node with its health, round-trip time, load and predicted time to first token."""
-        return [summarize_node(v) for v in await backend.nodes()]
+    async def list_nodes(ctx: Context | None = None) -> list[dict[str, Any]]:
+        """Every node with its health, round-trip time, load and predicted time to first token.
+        Node URLs are shown to admin keys only."""
+        nodes = [summarize_node(v) for v in await backend.nodes()]
+        if not _caller_admin(ctx):
+            nodes = [{**n, "url": None} for n in nodes]
+        return nodes
 
     @mcp.tool()
-    async def get_node_capacity(node: str) -> dict[str, Any]:
-        """The last capacity document of one node (by name, node id or URL)."""
+    async def get_node_capacity(node: str, ctx: Context | None = None) -> dict[str, Any]:
+        """The last capacity document of one node (by name, node id or URL). Admin keys only."""
+        if not _caller_admin(ctx):
+            raise ToolError("admin_required: a node's capacity document is shown to admin keys only")
         for v in await backend.nodes():
             if node in (v["name"], v.get("node_id"), v["url"]):
                 if v.get("capacity") is None:
@@ -74,16 +80,17 @@ def build_mcp(backend: FleetBackend) -> MCPServer:
     @mcp.tool()
     async def pick_node(model: str, prompt_tokens: int = 512, max_tokens: int = 256,
                         messages: list[dict[str, Any]] | None = None, session: str | None = None,
-                        priority: int | None = None) -> dict[str, Any]:
+                        priority: int | None = None, ctx: Context | None = None) -> dict[str, Any]:
         """The node that would answer first: its base URL, predicted TTFT in ms, predicted
         cached prompt tokens, and why. Give ``messages`` (and the agent's ``session`` key) to
         see where the conversation's context is; ``priority``: lower runs first."""
         hints = {k: v for k, v in (("messages", messages), ("session", session), ("priority", priority))
                  if v is not None}
         try:
-            return await backend.pick(model, prompt_tokens, max_tokens, **hints)
+            view = await backend.pick(model, prompt_tokens, max_tokens, **hints)
         except ApiError as err:
             raise ToolError(f"{err.code}: {err.message}") from None
+        return view if _caller_admin(ctx) else {**view, "base_url": None}
 
     @mcp.tool()
     async def warm_model(model: str) -> dict[str, Any]:
@@ -111,17 +118,28 @@ def build_mcp(backend: FleetBackend) -> MCPServer:
     return mcp
 
 
-def _caller_key(ctx: Context | None) -> str | None:
-    """The key id the router's auth middleware attached to this MCP HTTP request (None on
-    stdio, where the HTTP backend authenticates with its own key)."""
+def _caller_state(ctx: Context | None) -> dict[str, Any]:
     if ctx is None:
-        return None
+        return {}
     try:
         request = ctx.request_context.request
     except ValueError:
-        return None
+        return {}
     scope = getattr(request, "scope", None) or {}
-    return (scope.get("state") or {}).get("key_id")
+    return scope.get("state") or {}
+
+
+def _caller_key(ctx: Context | None) -> str | None:
+    """The key id the router's auth middleware attached to this MCP HTTP request (None on
+    stdio, where the HTTP backend authenticates with its own key)."""
+    return _caller_state(ctx).get("key_id")
+
+
+def _caller_admin(ctx: Context | None) -> bool:
+    """An admin key, or no key at all (a keyless loopback router; or stdio, where the router
+    itself answers by the HTTP backend's key)."""
+    state = _caller_state(ctx)
+    return "key_id" not in state or bool(state.get("admin"))
 
 
 class HttpBackend:
@@ -140,6 +158,10 @@ class HttpBackend:
         return resp.json()
 
     async def models(self) -> list[dict[str, Any]]:
+        resp = await self.client.get("/v1/fleet")
+        if resp.status_code == 403:  # a client key: the public model list, without node names
+            return [{"id": m["id"], "max_model_len": m.get("max_model_len")}
+                    for m in (await self._get("/v1/models"))["data"]]
         return (await self._get("/v1/fleet"))["models"]
 
     async def nodes(self) -> list[dict[str, Any]]:

@@ -39,6 +39,13 @@ class RouterMetrics:
                                   "Prefix blocks the router believes each node holds", ["node"],
                                   registry=self.registry)
 
+        self.audit_errors = Counter("edgefleet_router_audit_write_errors",
+                                    "Audit lines lost (disk full, file gone, queue full); requests still served",
+                                    registry=self.registry)
+        self.shutdown_cut = Counter("edgefleet_router_streams_cut_at_shutdown",
+                                    "Streams ended in band because the shutdown drain timed out",
+                                    registry=self.registry)
+
         self._outcomes: dict[tuple[str, int], Any] = {}
 
     def observe(self, node: str, status: int, seconds: float) -> None:

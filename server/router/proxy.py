@@ -19,8 +19,8 @@ from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import Receive, Scope, Send
 
-from server.edge.errors import (ApiError, ClientGone, InternalError, InvalidRequest, RateLimited, UpstreamError,
-                                UpstreamTimeout, validation_error)
+from server.edge.errors import (ApiError, ClientGone, InternalError, InvalidRequest, NotReady, RateLimited,
+                                UpstreamError, UpstreamTimeout, validation_error)
 from server.edge.media import require_json
 from server.edge.protocol import ChatCompletionRequest, CompletionRequest
 from server.edge.render import send_error, sse_error_event
@@ -70,7 +70,7 @@ class Exchange:
 
     __slots__ = ("router", "request_id", "key_id", "model", "stream", "started", "usage", "node", "resp",
                  "attempts", "status", "error", "prompt_tokens", "completion_tokens", "estimated",
-                 "ttft_ms", "prompt", "route", "_done")
+                 "ttft_ms", "prompt", "route", "client", "cut", "_done")
 
     def __init__(self, router: Router, request_id: str, key_id: str, model: str, stream: bool,
                  prompt_tokens: int, prompt: Any):
@@ -92,7 +92,12 @@ class Exchange:
         self.ttft_ms: float | None = None
         self.prompt = prompt
         self.route: RouteContext | None = None
+        self.client: str | None = None  # the client's address (host), for the audit line
+        self.cut = False  # ended by the router's shutdown drain timeout
         self._done = False
+        task = asyncio.current_task()
+        if task is not None:
+            router.streams[self] = task  # the shutdown drain waits for it, then ends it in band
 
     def take_usage(self, usage: dict[str, Any] | None) -> None:
         if isinstance(usage, dict):
@@ -107,6 +112,7 @@ class Exchange:
             return
         self._done = True
         r = self.router
+        r.streams.pop(self, None)
         if self.resp is not None:
             # Read to the end: the connection goes back to the pool. Not (a client left):
             # it is closed, and the node aborts the generation.
@@ -115,6 +121,7 @@ class Exchange:
             self.node.on_done()
         now = time.monotonic()
         ok = 200 <= self.status < 400 and self.error is None
+        outcome = "ok" if ok else (self.error or f"http_{self.status}")
         if self.usage is not None:
             r.limiter.release(self.usage, now, self.prompt_tokens, self.completion_tokens, ok)
         node = self.node.name if self.node else "-"
@@ -124,8 +131,9 @@ class Exchange:
             on_reported(r.index, route, r.metrics, node)
         if r.audit.enabled:
             r.audit.write({
-                "request_id": self.request_id, "key_id": self.key_id, "model": self.model, "node": node,
-                "stream": self.stream, "status": self.status, "error": self.error,
+                "request_id": self.request_id, "key_id": self.key_id, "client": self.client,
+                "model": self.model, "node": node,
+                "stream": self.stream, "status": self.status, "outcome": outcome, "error": self.error,
                 "attempts": [f"{a.node}:{a.outcome}" for a in self.attempts],
                 "prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens,
                 "tokens_estimated": self.estimated,
@@ -220,6 +228,27 @@ async def _send_error(send: Send, err: ApiError) -> None:
     await send_error(send, err)
 
 
+def shutting_down() -> NotReady:
+    return NotReady("The router is shutting down; retry on another router or later.", code="server_shutting_down",
+                    headers={"Retry-After": "5"})
+
+
+def _cut_here(ex: Exchange | None) -> bool:
+    """Inside ``except CancelledError``: did the shutdown drain end this exchange (then
+    swallow the cancellation and answer in band)?"""
+    if ex is None or not ex.cut:
+        return False
+    me = asyncio.current_task()
+    assert me is not None
+    me.uncancel()
+    return True
+
+
+def client_host(scope: Scope) -> str | None:
+    client = scope.get("client")
+    return client[0] if client else None
+
+
 def _mark(ex: Exchange | None, status: int, error: str | None) -> None:
     if ex is not None:
         ex.status, ex.error = status, error
@@ -238,6 +267,8 @@ async def handle(router: Router, scope: Scope, receive: Receive, send: Send,
     reply: ApiError | None = None  # an error to answer with, once the exchange is finished
     opened = False  # the node answered: _relay or _whole owns the exchange from here
     try:
+        if router.draining:
+            raise shutting_down()
         require_json(headers.get(b"content-type"))
         raw = await _read_body(receive)
         req = parse_body(raw, schema)
@@ -249,6 +280,7 @@ async def handle(router: Router, scope: Scope, receive: Receive, send: Send,
         route = build_context(req, raw, headers, router.settings.limits.get(key_id), prompt_tokens, max_tokens)
         ex = Exchange(router, new_request_id(), key_id, req.model, req.stream, prompt_tokens, prompt)
         ex.route = route
+        ex.client = client_host(scope)
         try:
             ex.usage = router.limiter.acquire(key_id, ex.started)
         except Limited as lim:
@@ -269,10 +301,15 @@ async def handle(router: Router, scope: Scope, receive: Receive, send: Send,
             cap = ex.node.capacity
             on_routed(router.index, route, ex.node.url, cap.load.kv_total_tokens if cap else None)
     except asyncio.CancelledError:
-        _mark(ex, 499, "client_disconnected")
-        if not _client_gone(watch):
-            raise  # cancelled from outside (shutdown)
-        return  # nobody is left to answer
+        if _cut_here(ex):
+            err = shutting_down()
+            _mark(ex, err.status_code, err.code)
+            reply = err
+        else:
+            _mark(ex, 499, "client_disconnected")
+            if not _client_gone(watch):
+                raise  # cancelled from outside (shutdown)
+            return  # nobody is left to answer
     except ClientGone:
         return  # left while sending the body: nothing was admitted
     except ApiError as err:
@@ -320,16 +357,24 @@ async def _relay(ex: Exchange, watch: _Watch, send: Send, head: list[tuple[bytes
     try:
         await send({"type": "http.response.start", "status": ex.status, "headers": head})
         usage_event = b""
-        events = 0
         try:
             next_chunk = ex.resp.next_chunk
             while chunk := await next_chunk():
                 if ex.ttft_ms is None:
                     ex.ttft_ms = (time.monotonic() - ex.started) * 1000.0
-                events += chunk.count(b"data: {")
                 if b'"usage"' in chunk:
                     usage_event = chunk
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                # Counted once relayed: a cut or a client gone leaves the count of what it got.
+                ex.completion_tokens += chunk.count(b"data: {")
+        except asyncio.CancelledError:
+            if not _cut_here(ex):
+                raise
+            ex.router.metrics.shutdown_cut.inc()
+            ex.error = "server_shutting_down"
+            err = shutting_down()
+            err.message = "The router is shutting down and its drain timeout passed; the response is incomplete."
+            await send({"type": "http.response.body", "more_body": True, "body": _error_event(err)})
         except (UpstreamIOError, TimeoutError) as exc:
             timeout = isinstance(exc, TimeoutError)
             too_large = isinstance(exc, ResponseTooLarge)
@@ -337,13 +382,13 @@ async def _relay(ex: Exchange, watch: _Watch, send: Send, head: list[tuple[bytes
             ex.node.record_failure(outcome)
             ex.error = "upstream_response_too_large" if too_large else outcome
             message = (f"{exc} The response is incomplete." if too_large
-                       else "The node failed mid-stream; the response is incomplete.")
+                       else "Phase stream: the node sent nothing within --read-timeout; the response is incomplete."
+                       if timeout else "The node failed mid-stream; the response is incomplete.")
             err = (UpstreamTimeout if timeout else UpstreamError)(message, code=ex.error)
             await send({"type": "http.response.body", "more_body": True, "body": _error_event(err)})
         watch.disarm()
         await send({"type": "http.response.body", "body": b"", "more_body": False})
-        ex.completion_tokens = events
-        if usage_event:
+        if usage_event and ex.error is None:
             ex.take_usage(_last_usage(usage_event))
     except asyncio.CancelledError:
         if not _client_gone(watch):
@@ -364,6 +409,14 @@ async def _whole(ex: Exchange, watch: _Watch, scope: Scope, receive: Receive, se
     try:
         body = await ex.resp.read()
     except asyncio.CancelledError:
+        if _cut_here(ex):
+            watch.disarm()
+            err = shutting_down()
+            ex.status, ex.error = err.status_code, err.code
+            await ex.finish()
+            err.headers.update({"x-edgefleet-node": ex.node.name, "X-Request-Id": ex.request_id})
+            await _send_error(send, err)
+            return
         gone = _client_gone(watch)
         ex.status, ex.error = 499, "client_disconnected"
         await ex.finish()  # closing the upstream makes the node abort the generation (C4)
@@ -372,12 +425,16 @@ async def _whole(ex: Exchange, watch: _Watch, scope: Scope, receive: Receive, se
         return
     except (UpstreamIOError, TimeoutError) as exc:
         watch.disarm()
-        ex.node.record_failure("upstream_timeout" if isinstance(exc, TimeoutError) else "upstream_disconnected")
-        ex.status, ex.error = 502, "upstream_error"
+        timeout = isinstance(exc, TimeoutError)
+        ex.node.record_failure("upstream_timeout" if timeout else "upstream_disconnected")
+        hdrs = {"x-edgefleet-node": ex.node.name, "X-Request-Id": ex.request_id}
+        err = (UpstreamTimeout("Phase whole_response: the node stopped sending its response body within "
+                               "--read-timeout; not retried, since the generation already ran there.", headers=hdrs)
+               if timeout else UpstreamError(str(exc) if isinstance(exc, ResponseTooLarge)
+                                             else "The node failed before completing the response.", headers=hdrs))
+        ex.status, ex.error = err.status_code, err.code
         await ex.finish()
-        await _send_error(send, UpstreamError(
-            str(exc) if isinstance(exc, ResponseTooLarge) else "The node failed before completing the response.",
-            headers={"x-edgefleet-node": ex.node.name, "X-Request-Id": ex.request_id}))
+        await _send_error(send, err)
         return
     watch.disarm()
     ex.ttft_ms = (time.monotonic() - ex.started) * 1000.0
@@ -401,4 +458,11 @@ class ProxyEndpoint:
         self.schema = schema
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        idem = self.router.idempotency
+        if idem is not None and (key := idem.key_of(scope)) is not None:  # server/edge/idempotency.py
+            await idem.serve(self._handle, scope, receive, send, key)
+            return
+        await handle(self.router, scope, receive, send, self.schema)
+
+    async def _handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         await handle(self.router, scope, receive, send, self.schema)

@@ -15,7 +15,7 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from server.edge.errors import NotFound
+from server.edge.errors import NotFound, PermissionDenied
 from server.edge.protocol import ChatCompletionRequest, CompletionRequest
 from server.router.core import Router
 from server.edge.media import require_json
@@ -38,7 +38,29 @@ def get_router(request: Request) -> Router:
     return request.app.state.router
 
 
+def is_admin(router: Router, scope: dict[str, Any]) -> bool:
+    """Scopes (docs/router.md, "Keys and scopes"): with client keys configured, only an admin
+    key sees fleet internals (node URLs, capacity documents, /metrics, every key's usage).
+    A router without keys (loopback only) is the single-user case: it shows everything."""
+    if not router.settings.keys.enabled:
+        return True
+    return bool((scope.get("state") or {}).get("admin"))
+
+
+def require_admin(request: Request) -> Router:
+    router = get_router(request)
+    if not is_admin(router, request.scope):
+        raise PermissionDenied("This route shows fleet internals; it needs an admin key.", code="admin_required")
+    return router
+
+
+def redact_pick(view: dict[str, Any]) -> dict[str, Any]:
+    """A pick for a client key: which node and why, but not where it is."""
+    return {**view, "base_url": None}
+
+
 Fleet = Annotated[Router, Depends(get_router)]
+AdminFleet = Annotated[Router, Depends(require_admin)]
 routes = APIRouter()
 
 
@@ -89,16 +111,18 @@ async def list_models(router: Fleet) -> dict[str, Any]:
 
 
 @routes.get("/v1/fleet")
-async def fleet(router: Fleet) -> dict[str, Any]:
+async def fleet(router: AdminFleet) -> dict[str, Any]:
     return fleet_view(router)
 
 
 @routes.get("/v1/fleet/pick")
-async def pick(router: Fleet, model: str, prompt_tokens: Annotated[int, Query(ge=1, le=10_000_000)] = 512,
+async def pick(router: Fleet, request: Request, model: str,
+               prompt_tokens: Annotated[int, Query(ge=1, le=10_000_000)] = 512,
                max_tokens: Annotated[int, Query(ge=1, le=10_000_000)] = 256,
                session: Annotated[str | None, Query(max_length=256)] = None,
                priority: int | None = None) -> dict[str, Any]:
-    return pick_view(router, model, pick_info(model, prompt_tokens, max_tokens, session=session, priority=priority))
+    view = pick_view(router, model, pick_info(model, prompt_tokens, max_tokens, session=session, priority=priority))
+    return view if is_admin(router, request.scope) else redact_pick(view)
 
 
 @routes.post("/v1/fleet/pick")
@@ -111,7 +135,8 @@ async def pick_for(router: Fleet, request: Request) -> dict[str, Any]:
     key_id = request.scope.get("state", {}).get("key_id", "anonymous")
     ctx = build_context(req, raw, dict(request.scope["headers"]), router.settings.limits.get(key_id),
                         estimate_prompt_tokens(req), req.requested_max_tokens() or router.settings.default_max_tokens)
-    return pick_view(router, req.model, ctx.info)
+    view = pick_view(router, req.model, ctx.info)
+    return view if is_admin(router, request.scope) else redact_pick(view)
 
 
 @routes.post("/v1/fleet/warm")
@@ -122,7 +147,7 @@ async def warm(router: Fleet, req: WarmRequest) -> JSONResponse:
 
 
 @routes.get("/v1/fleet/nodes/{name}")
-async def node(router: Fleet, name: str) -> dict[str, Any]:
+async def node(router: AdminFleet, name: str) -> dict[str, Any]:
     n = router.registry.find(name)
     if n is None:
         raise NotFound(f"Node '{name[:64]}' is not in this fleet.", code="node_not_found")
@@ -133,7 +158,7 @@ async def node(router: Fleet, name: str) -> dict[str, Any]:
 async def usage(router: Fleet, request: Request) -> dict[str, Any]:
     key_id = request.scope.get("state", {}).get("key_id")
     table = router.limiter.usage
-    if key_id is not None:  # a client key sees its own usage only
+    if key_id is not None and not is_admin(router, request.scope):  # a client key sees its own usage only
         table = {key_id: table[key_id]} if key_id in table else {}
     return {"object": "usage", "keys": {k: u.view() for k, u in sorted(table.items())}}
 
@@ -145,6 +170,8 @@ async def health() -> dict[str, str]:
 
 @routes.get("/ready")
 async def ready(router: Fleet) -> JSONResponse:
+    if router.draining:
+        return JSONResponse({"status": "shutting_down", "ready_nodes": 0}, status_code=503)
     now = time.monotonic()
     n = sum(1 for node in router.registry.nodes() if node.is_ready(now))
     return JSONResponse({"status": "ready" if n else "no_healthy_node", "ready_nodes": n},
@@ -152,6 +179,6 @@ async def ready(router: Fleet) -> JSONResponse:
 
 
 @routes.get("/metrics")
-async def metrics(router: Fleet) -> Response:
+async def metrics(router: AdminFleet) -> Response:
     body = router.metrics.render(router.registry.nodes(), time.monotonic())
     return Response(body, media_type="text/plain; version=0.0.4")

@@ -165,7 +165,7 @@ def test_stop_grace_covers_the_drain(compose: dict) -> None:
             drain = float(env(svc)["EDGEFLEET_SHUTDOWN_TIMEOUT"])
             assert seconds(svc["stop_grace_period"]) >= drain + 10, name
         else:
-            assert seconds(svc["stop_grace_period"]) >= 5 + 10, name  # uvicorn's graceful window
+            assert seconds(svc["stop_grace_period"]) >= 30 + 5 + 10, name  # the router drain (30 s) + uvicorn graceful
 
 
 def test_router_healthcheck_reads_the_router_port(compose: dict) -> None:

@@ -36,6 +36,7 @@ def fake_venv(tmp_path: Path) -> tuple[Path, Path]:
 
 def install(venv: Path, **env: str) -> subprocess.CompletedProcess:
     base = {k: v for k, v in os.environ.items() if not k.startswith("EDGEFLEET_")}
+    env = {"EDGEFLEET_FETCH_MODEL": "0", **env}  # the model pre-fetch has its own test
     return subprocess.run(["bash", str(SCRIPT)], env={**base, "VENV": str(venv), "EDGEFLEET_TORCH_INDEX": "", **env},
                           capture_output=True, text=True, timeout=60)
 
@@ -82,6 +83,20 @@ def test_installs_in_order_then_skips_until_something_changes(fake_venv: tuple[P
     # EDGEFLEET_FORCE runs every step again.
     assert install(venv, EDGEFLEET_EXTRAS="cpu", EDGEFLEET_EDITABLE="0", EDGEFLEET_FORCE="1").returncode == 0
     assert len(calls(log)) == 5
+
+
+def test_default_model_prefetched_every_run_and_a_failure_is_only_a_note(fake_venv: tuple[Path, Path]) -> None:
+    venv, log = fake_venv
+    r = install(venv, EDGEFLEET_FETCH_MODEL="1")
+    assert r.returncode == 0, r.stderr
+    assert calls(log)[-1] == "-m server.model_cache"
+    log.unlink()
+    py = venv / "bin" / "python"  # offline now: the fetch fails, the install does not
+    py.write_text(f'#!/bin/sh\nprintf "%s\\n" "$*" >> "{log}"\ncase "$*" in *model_cache*) exit 1;; esac\n')
+    r = install(venv, EDGEFLEET_FETCH_MODEL="1")
+    assert r.returncode == 0 and "up to date" in r.stderr
+    assert calls(log) == ["-m server.model_cache"]
+    assert "default model was not fetched" in r.stderr
 
 
 def test_a_failing_step_leaves_no_stamp(fake_venv: tuple[Path, Path]) -> None:

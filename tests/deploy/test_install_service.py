@@ -91,7 +91,8 @@ def test_router_unit_uses_the_router_drain(key_file: Path, tmp_path: Path) -> No
     assert r.exit_code == 0, r.output
     unit = parse_unit(r.stdout)
     svc = unit["Service"]
-    assert svc["TimeoutStopSec"] == ["20"]  # uvicorn's 5 s graceful window + 15
+    assert svc["TimeoutStopSec"] == ["50"]  # the router's 30 s drain + uvicorn's 5 s graceful window + 15
+    assert svc["ExecReload"] == ["/bin/kill -HUP $MAINPID"]
     assert svc["DynamicUser"] == ["yes"] and "User" not in svc
     assert svc["EnvironmentFile"] == ["-/etc/edgefleet/router.env"]
     argv = exec_argv(unit, tmp_path)

@@ -39,16 +39,16 @@ def _router_with(nodes, exc):
     return router, [Estimate(n, 1.0, 1.0, 0.0, 0.0) for n in nodes]
 
 
-@pytest.mark.parametrize("exc, outcome, opens", [
-    (UpstreamIOError("refused"), "connect_error", True),  # a hard failure trips at once
-    (ConnectTimeout("slow"), "connect_timeout", False),  # a timeout counts toward the threshold
-    (TimeoutError(), "timeout", False),
+@pytest.mark.parametrize("exc, outcome, opens, error", [
+    (UpstreamIOError("refused"), "connect_error", True, NoHealthyNode),  # a hard failure trips at once
+    (ConnectTimeout("slow"), "connect_timeout", False, NoHealthyNode),  # a timeout counts toward the threshold
+    (TimeoutError(), "timeout", False, UpstreamTimeout),  # every node slow to its first byte: say so (504)
 ])
-async def test_open_upstream_books_each_failure_through_record_failure(exc, outcome, opens):
+async def test_open_upstream_books_each_failure_through_record_failure(exc, outcome, opens, error):
     a, b = node("http://a:1"), node("http://b:1")
     router, ranked = _router_with([a, b], exc)
     attempts = []
-    with pytest.raises(NoHealthyNode):
+    with pytest.raises(error):
         await router.open_upstream("/v1/chat/completions", b"{}", ranked, "rid", attempts, stream=True)
     assert [(x.node, x.outcome) for x in attempts] == [(a.name, outcome), (b.name, outcome)]
     for n in (a, b):
@@ -64,3 +64,35 @@ async def test_a_non_streamed_timeout_is_504_and_not_retried():
     with pytest.raises(UpstreamTimeout):
         await router.open_upstream("/v1/completions", b"{}", ranked, "rid", attempts, stream=False)
     assert [x.node for x in attempts] == [a.name] and b.failures == 0
+
+
+def test_first_byte_deadline_scales_with_predicted_ttft():
+    from server.router.core import first_byte_deadline
+
+    assert first_byte_deadline(10.0, 3.0, 200.0) == 10.0  # a short prompt: the flag's floor
+    assert first_byte_deadline(10.0, 3.0, 20_000.0) == 60.0  # a 20 s prefill gets 3x, not a failover at 10 s
+    assert first_byte_deadline(10.0, 3.0, None) == 10.0
+    assert first_byte_deadline(10.0, 3.0, float("inf")) == 10.0  # unknown prediction: the floor
+
+
+async def test_open_upstream_waits_longer_for_a_long_predicted_prefill():
+    """The head timeout handed to the pool is k x the node's predicted TTFT when that is longer."""
+    from server.router.config import RouterSettings
+    from server.router.core import Router
+    from server.router.policy import Estimate
+
+    seen = []
+
+    class _Slow:
+        async def request(self, url, path, body, headers, connect_timeout, head_timeout):
+            seen.append(head_timeout)
+            raise TimeoutError
+
+    a = node("http://a:1")
+    router = Router(RouterSettings(first_byte_timeout=10.0, first_byte_ttft_factor=3.0, total_deadline=30.0))
+    router.upstream = _Slow()  # type: ignore[assignment]
+    with pytest.raises(UpstreamTimeout) as info:
+        await router.open_upstream("/v1/chat/completions", b"{}", [Estimate(a, 20_000.0, 1.0, 0.0, 0.0)],
+                                   "rid", [], stream=True)
+    assert seen == [pytest.approx(60.0, abs=0.5)]
+    assert info.value.code == "upstream_timeout" and "first_byte" in info.value.message

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import httpx
 import httpx2
@@ -19,7 +20,7 @@ pytestmark = pytest.mark.e2e
 
 MSG = [{"role": "user", "content": "hello"}]
 KEYS = {"alice": "alice-secret-key", "bob": "bob-secret-key", "carol": "carol-secret-key",
-        "dave": "dave-secret-key"}
+        "dave": "dave-secret-key", "erin": "erin-admin-key"}
 
 
 @pytest.fixture(scope="module")
@@ -52,6 +53,11 @@ hash = "{hash_key(KEYS['carol'])}"
 id = "dave"
 hash = "{hash_key(KEYS['dave'])}"
 requests_per_min = 1
+
+[[keys]]
+id = "erin"
+hash = "{hash_key(KEYS['erin'])}"
+admin = true
 ''')
     audit = launcher.tmp / "gw.audit.jsonl"
     router = launcher.router("--fleet", str(fleet_file), "--audit-log", str(audit), "--log-prompts",
@@ -133,7 +139,7 @@ def test_usage_per_key_and_audit(gw):
 
 def test_fleet_view_never_shows_node_keys(gw):
     router, _ = gw
-    doc = fleet(router, authorization=f"Bearer {KEYS['carol']}")
+    doc = fleet(router, authorization=f"Bearer {KEYS['erin']}")  # an admin key (G4)
     assert "node-only-key" not in json.dumps(doc)
     assert doc["nodes"][0]["health"] == "closed"
 
@@ -156,19 +162,30 @@ async def test_mcp_over_streamable_http(gw):
         assert models[0]["id"] == "sim-model"
         nodes = _tool_json(await client.call_tool("list_nodes", {}))
         assert nodes[0]["name"] == "gw-node" and nodes[0]["simulated"] is True
-        cap = _tool_json(await client.call_tool("get_node_capacity", {"node": "gw-node"}))
-        assert cap["identity"]["simulated"] is True
+        assert nodes[0]["url"] is None  # a client key does not see where nodes are (G4)
+        denied = await client.call_tool("get_node_capacity", {"node": "gw-node"})
+        assert denied.is_error and "admin_required:" in denied.content[0].text
         pick = _tool_json(await client.call_tool("pick_node", {"model": "sim-model", "prompt_tokens": 100,
                                                                "max_tokens": 10}))
         assert pick["node"] == "gw-node" and pick["predicted_ttft_ms"] > 0 and pick["reason"]
+        assert pick["base_url"] is None
         out = _tool_json(await client.call_tool("complete", {"model": "sim-model", "messages": MSG,
                                                              "max_tokens": 3}))
         assert out["content"] == " tok tok tok" and out["node"] == "gw-node"
         bad = await client.call_tool("pick_node", {"model": "nope"})
         assert bad.is_error and "model_not_found: The model 'nope'" in bad.content[0].text  # an agent can act on it
+    await http.aclose()
+    admin = httpx2.AsyncClient(headers={"authorization": f"Bearer {KEYS['erin']}"}, timeout=30)
+    async with Client(streamable_http_client(router.url + "/mcp", http_client=admin)) as client:
+        nodes = _tool_json(await client.call_tool("list_nodes", {}))
+        assert nodes[0]["url"].startswith("http://127.0.0.1:")
+        cap = _tool_json(await client.call_tool("get_node_capacity", {"node": "gw-node"}))
+        assert cap["identity"]["simulated"] is True
+        pick = _tool_json(await client.call_tool("pick_node", {"model": "sim-model"}))
+        assert pick["base_url"] == nodes[0]["url"] + "/v1"
         gone = await client.call_tool("get_node_capacity", {"node": "nope"})
         assert gone.is_error and "node_not_found:" in gone.content[0].text
-    await http.aclose()
+    await admin.aclose()
 
 
 async def test_mcp_complete_counts_and_limits_the_calling_key(gw):
@@ -203,11 +220,14 @@ async def test_mcp_http_needs_key_and_origin(gw):
 async def test_mcp_over_stdio(gw):
     router, _ = gw
     params = StdioServerParameters(command=EDGEFLEET, args=["mcp", "--router", router.url],
-                                   env={"EDGEFLEET_API_KEY": KEYS["carol"]})
+                                   env={"EDGEFLEET_API_KEY": KEYS["carol"],  # and this checkout's code:
+                                        **({"PYTHONPATH": os.environ["PYTHONPATH"]} if "PYTHONPATH" in os.environ else {})})
     async with Client(params) as client:
         pick = _tool_json(await client.call_tool("pick_node", {"model": "sim-model", "prompt_tokens": 10,
                                                                "max_tokens": 5}))
-        assert pick["node"] == "gw-node" and pick["base_url"].endswith("/v1")
+        assert pick["node"] == "gw-node" and pick["base_url"] is None  # the router applies carol's scope
+        models = _tool_json(await client.call_tool("list_models", {}))  # /v1/fleet is 403: /v1/models
+        assert [m["id"] for m in models] == ["sim-model"]
         out = _tool_json(await client.call_tool("complete", {"model": "sim-model", "messages": MSG,
                                                              "max_tokens": 2}))
         assert out["content"] == " tok tok"

@@ -40,6 +40,7 @@ id = "agent"
 hash = "{hash_key(KEY)}"
 priority_default = 5
 priority_min = 0
+admin = true                  # this test reads /v1/fleet and /metrics with it
 ''')
     audit = launcher.tmp / "sessions.audit.jsonl"
     router = launcher.router("--fleet", str(fleet_file), "--audit-log", str(audit), name="sess-router",

@@ -175,10 +175,17 @@ class NativeEngine:
     def tokenize(self, text: str, add_special_tokens: bool = True) -> list[int]:
         return list(self.tokenizer.encode(text, add_special_tokens=add_special_tokens))
 
-    def render_chat(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None) -> list[int]:
-        text = self.tokenizer.apply_chat_template(messages, tools=tools, add_generation_prompt=True,
+    def render_chat(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None,
+                    add_generation_prompt: bool = True) -> list[int]:
+        text = self.tokenizer.apply_chat_template(messages, tools=tools, add_generation_prompt=add_generation_prompt,
                                                   tokenize=False)
         return self.tokenize(text, add_special_tokens=False)
+
+    def detokenize(self, token_ids: list[int]) -> str:
+        vocab = len(self.tokenizer)
+        if any(t >= vocab for t in token_ids):  # the fast tokenizer would silently drop them
+            raise ValueError(f"token ids must be below the vocabulary size {vocab}")
+        return self.tokenizer.decode(token_ids)
 
     def tool_parser(self, name: str) -> ToolCallParser:
         from ..toolcalls import get_tool_parser

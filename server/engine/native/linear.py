@@ -92,16 +92,22 @@ class Int8Linear(nn.Module):
 
 
 class Int4Linear(nn.Module):
-    """Group-wise asymmetric 4-bit weights; ``perm`` reorders input channels (GPTQ act-order)."""
+    """Group-wise asymmetric 4-bit weights; ``perm`` reorders input channels (GPTQ act-order).
+
+    ``mins`` (GGUF Q4_1) adds a float per group: ``w = (q - zero) * s + min``. The kernels
+    take integer zeros only, so the min term is added as its own small product,
+    ``y += group_sums(x) @ mins.T`` (exact); torch's CPU int4 op folds it into its float zero.
+    """
 
     def __init__(self, packed: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor,
                  group_size: int, bias: torch.Tensor | None, dtype: torch.dtype,
-                 perm: torch.Tensor | None = None):
+                 perm: torch.Tensor | None = None, mins: torch.Tensor | None = None):
         super().__init__()
         self.group_size = group_size
         self.register_buffer("packed", packed)
         self.register_buffer("scales", scales.to(dtype))
         self.register_buffer("zeros", zeros.to(torch.uint8))
+        self.register_buffer("mins", None if mins is None else mins.to(dtype))
         self.bias = None if bias is None else bias.to(dtype)
         self.perm = perm
         self._cpu_pack: torch.Tensor | None = None
@@ -109,8 +115,9 @@ class Int4Linear(nn.Module):
 
     @property
     def weight_bytes(self) -> int:
+        mins = 0 if self.mins is None else self.mins.numel() * self.mins.element_size()
         return (self.packed.numel() + self.zeros.numel()
-                + self.scales.numel() * self.scales.element_size())
+                + self.scales.numel() * self.scales.element_size() + mins)
 
     def prepare_cpu(self) -> None:
         """Build torch's tinygemm layout: w = (q - 8) * s + z_f with z_f = (8 - zero) * s."""
@@ -118,6 +125,8 @@ class Int4Linear(nn.Module):
         self._cpu_pack = torch._convert_weight_to_int4pack_for_cpu(q, 1)
         s = self.scales.float()
         z = (8.0 - self.zeros.float()) * s
+        if self.mins is not None:
+            z = z + self.mins.float()
         self._cpu_sz = torch.stack([s, z], -1).transpose(0, 1).contiguous().to(self.scales.dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -130,6 +139,10 @@ class Int4Linear(nn.Module):
             if self._cpu_pack is None:
                 self.prepare_cpu()
             y = torch._weight_int4pack_mm_for_cpu(x, self._cpu_pack, self.group_size, self._cpu_sz)
+            return y if self.bias is None else y + self.bias
         else:
             y = ref.int4_matmul(x, self.packed, self.scales, self.zeros, self.group_size)
+        if self.mins is not None:
+            sums = x.float().view(x.shape[0], -1, self.group_size).sum(-1)
+            y = y + (sums @ self.mins.float().t()).to(y.dtype)
         return y if self.bias is None else y + self.bias

