@@ -18,7 +18,7 @@ unavailable); otherwise a sleep is a full unload.
 
 The host quacks like a NodeRuntime where the HTTP app needs it (``state``, ``capacity()``,
 ``drain()``, ``start_engine()``, ``engine.is_healthy()/stop()``); requests get the model's
-own runtime from :meth:`ModelHost.acquire`. Errors are this module's own exceptions; the HTTP
+own runtime from :meth:`ModelHost.acquire`, held loaded until admitted (:meth:`ModelHost.hold`). Errors are this module's own exceptions; the HTTP
 edge maps them to OpenAI envelopes.
 """
 
@@ -167,8 +167,8 @@ class ModelHost:
 
     async def acquire(self, model: str) -> Any:
         """The model's runtime, loading or waking it first if needed (bounded by the load
-        timeout). Callers must go on to ``Generation`` without awaiting in between, so an
-        idle timer cannot release the model under them."""
+        timeout). Callers :meth:`hold` it at once (no await in between) until their request
+        is admitted (``Generation``), so an idle timer cannot release the model under them."""
         slot = self.slot(model)
         if self.state == "draining":
             raise ModelUnavailable("The node is draining; not accepting requests.", code="draining",
@@ -203,6 +203,18 @@ class ModelHost:
         self._touch(slot)
         return slot.runtime
 
+    def hold(self, model: str) -> None:
+        """Keep ``model`` loaded while a request that :meth:`acquire`\ d it prepares (its prompt
+        tokenized off the event loop) until it is admitted; then :meth:`unhold`. Call it right
+        after ``acquire`` returns, with no await in between."""
+        self.slot(model).holds += 1
+
+    def unhold(self, model: str) -> None:
+        slot = self.slot(model)
+        slot.holds -= 1
+        if not slot.holds and slot.runtime is not None and not slot.runtime.active:
+            self._schedule_idle(slot)  # nothing was admitted (e.g. a 400): keep_alive runs from now
+
     def _touch(self, slot: ModelSlot) -> None:
         slot.last_used = self.clock()
         slot.last_used_unix = time.time()
@@ -233,7 +245,7 @@ class ModelHost:
             await asyncio.shield(slot.task)
         if slot.runtime is None:
             return
-        if slot.runtime.active or slot.waiters:
+        if slot.runtime.active or slot.waiters or slot.holds:
             raise ModelUnavailable(f"Model '{slot.spec.name}' has requests in flight; try again when it is idle.",
                                    code="model_busy", retry_after=1, status=409)
         await self._release(slot, why, allow_sleep=allow_sleep)

@@ -53,12 +53,14 @@ class ModelSlot:
     wake_s: float | None = None
     loads: int = 0
     waiters: int = 0
+    holds: int = 0  # requests given the runtime and not yet admitted (tokenizing off the loop)
     measured_bytes: int | None = None
     timer: asyncio.TimerHandle | None = None
 
     @property
     def busy(self) -> bool:
-        return self.waiters > 0 or self.state == "loading" or bool(self.runtime is not None and self.runtime.active)
+        return (self.waiters > 0 or self.holds > 0 or self.state == "loading"
+                or bool(self.runtime is not None and self.runtime.active))
 
     @property
     def memory_bytes(self) -> int:

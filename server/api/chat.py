@@ -104,17 +104,18 @@ def _logprobs_json(items: list[PositionLogprobs] | None) -> list[dict[str, Any]]
 @router.post("/v1/chat/completions", dependencies=[Depends(require_json)])
 async def create_chat_completion(body: ChatCompletionRequest, request: Request,
                                  runtime: Annotated[NodeRuntime, Depends(get_ready_runtime)]) -> Response:
-    runtime = await model_runtime(request, runtime, body.model)  # multi-model nodes: load on demand
-    check_model_and_n(runtime, body.model, body.n)
-    priority = resolve_priority(request, body.priority)
-    mode = body.tool_mode()
-    prompt = await off_loop(request, _render, runtime, body, mode)
-    max_tokens = resolve_max_tokens(runtime, len(prompt), body.requested_max_tokens())
-    sampling = body.to_sampling(max_tokens)
-    if (schema := _forced_schema(body, mode)) is not None:  # a forced tool call wins over response_format
-        sampling.json_schema, sampling.json_object = schema, False
-    rid = new_id("chatcmpl", request)
-    gen = Generation(runtime, rid, prompt, sampling, body.n, priority)
+    # multi-model nodes: load on demand; held loaded until the request is admitted
+    async with model_runtime(request, runtime, body.model) as runtime:
+        check_model_and_n(runtime, body.model, body.n)
+        priority = resolve_priority(request, body.priority)
+        mode = body.tool_mode()
+        prompt = await off_loop(request, _render, runtime, body, mode)
+        max_tokens = resolve_max_tokens(runtime, len(prompt), body.requested_max_tokens())
+        sampling = body.to_sampling(max_tokens)
+        if (schema := _forced_schema(body, mode)) is not None:  # a forced tool call wins over response_format
+            sampling.json_schema, sampling.json_object = schema, False
+        rid = new_id("chatcmpl", request)
+        gen = Generation(runtime, rid, prompt, sampling, body.n, priority)
     headers = {"X-Request-Id": rid}
     if body.stream:
         return await _stream(gen, body, mode, request, headers)

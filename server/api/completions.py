@@ -68,16 +68,17 @@ class _Logprobs:
 @router.post("/v1/completions", dependencies=[Depends(require_json)])
 async def create_completion(body: CompletionRequest, request: Request,
                             runtime: Annotated[NodeRuntime, Depends(get_ready_runtime)]) -> Response:
-    runtime = await model_runtime(request, runtime, body.model)  # multi-model nodes: load on demand
-    check_model_and_n(runtime, body.model, body.n)
-    priority = resolve_priority(request, body.priority)
-    prompt, prompt_text = await off_loop(request, _prompt_ids, runtime, body)
-    if not prompt:
-        raise InvalidRequest("prompt must not be empty.", param="prompt")
-    max_tokens = resolve_max_tokens(runtime, len(prompt), body.max_tokens)
-    sampling = body.to_sampling(max_tokens)
-    rid = new_id("cmpl", request)
-    gen = Generation(runtime, rid, prompt, sampling, body.n, priority)
+    # multi-model nodes: load on demand; held loaded until the request is admitted
+    async with model_runtime(request, runtime, body.model) as runtime:
+        check_model_and_n(runtime, body.model, body.n)
+        priority = resolve_priority(request, body.priority)
+        prompt, prompt_text = await off_loop(request, _prompt_ids, runtime, body)
+        if not prompt:
+            raise InvalidRequest("prompt must not be empty.", param="prompt")
+        max_tokens = resolve_max_tokens(runtime, len(prompt), body.max_tokens)
+        sampling = body.to_sampling(max_tokens)
+        rid = new_id("cmpl", request)
+        gen = Generation(runtime, rid, prompt, sampling, body.n, priority)
     echo = (prompt_text or "") if body.echo else ""
     headers = {"X-Request-Id": rid}
     if body.stream:

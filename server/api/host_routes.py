@@ -7,6 +7,8 @@ single-model node never sees any of this.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -42,18 +44,26 @@ def _unknown(model: str) -> ModelNotFound:
     return ModelNotFound(f"The model '{model[:100]}' does not exist on this node.", param="model")
 
 
-async def model_runtime(request: Request, runtime: Any, model: str) -> Any:
+@contextlib.asynccontextmanager
+async def model_runtime(request: Request, runtime: Any, model: str) -> AsyncIterator[Any]:
     """The runtime that serves ``model``: the node's own on a single-model node; on a model
-    host, the model's, after loading or waking it (the wait is bounded by --load-timeout)."""
+    host, the model's, after loading or waking it (the wait is bounded by --load-timeout),
+    held loaded until the block ends: admit the request (``Generation``) inside it."""
     host: ModelHost | None = getattr(request.app.state, "host", None)
     if host is None:
-        return runtime
+        yield runtime
+        return
     try:
-        return await host.acquire(model)
+        rt = await host.acquire(model)
     except UnknownModel:
         raise _unknown(model) from None
     except ModelUnavailable as exc:
         raise _api_error(exc) from None
+    host.hold(model)
+    try:
+        yield rt
+    finally:
+        host.unhold(model)
 
 
 def _host(request: Request) -> ModelHost:

@@ -76,6 +76,32 @@ async def test_keep_alive_zero_unloads_after_the_last_request_ends(tmp_path):
     await host.stop()
 
 
+async def test_a_held_model_stays_loaded_while_its_request_prepares(tmp_path):
+    """keep_alive 0: between acquire and admission (the prompt tokenized off the loop) the
+    idle timer must not release the model; once unheld with nothing admitted, it goes."""
+    host, log, _ = make_host(tmp_path, {"a": {"keep_alive": 0.0}})
+    await host.start_engine()
+    rt = await host.acquire("a")
+    host.hold("a")
+    await asyncio.sleep(0.6)  # past keep_alive 0 and the idle check's 0.5 s second look
+    assert host.slots["a"].state == "loaded" and log == ["start a"]
+    with pytest.raises(ModelUnavailable):  # an admin unload waits for it too
+        await host.unload("a")
+    finish = request(rt)  # admitted: now the request itself keeps it
+    host.unhold("a")
+    await settle()
+    assert host.slots["a"].state == "loaded"
+    finish()
+    await settle()
+    assert host.slots["a"].state == "unloaded" and log == ["start a", "stop a"]
+    await host.acquire("a")  # a 400 before admission: unhold alone starts keep_alive
+    host.hold("a")
+    host.unhold("a")
+    await settle()
+    assert host.slots["a"].state == "unloaded" and log == ["start a", "stop a", "start a", "stop a"]
+    await host.stop()
+
+
 async def test_keep_alive_duration_unloads_only_after_idle_that_long(tmp_path):
     host, _, _ = make_host(tmp_path, {"a": {"keep_alive": 0.15}})
     await host.start_engine()
