@@ -176,7 +176,7 @@ def serve(**kw: Any) -> None:
         except (OSError, ValueError) as exc:
             raise click.UsageError(str(exc)) from None
     try:
-        code = run_node(settings, host=host)
+        code = run_node(settings) if host is None else run_node(settings, host=host)
     except (GgufError, ModelFetchError) as exc:  # the user's file or cache: a message, not a traceback
         raise click.ClickException(str(exc)) from None
     sys.exit(code)
