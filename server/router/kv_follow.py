@@ -141,6 +141,9 @@ class KvFollower:
 
     async def follow(self, node: Node) -> None:
         kv = self.nodes.setdefault(node.url, NodeKv())
+        cache = getattr(node.capacity, "cache", None)
+        if cache is not None and cache.block_size > 0:
+            kv.block_size = cache.block_size  # events repeat it; an idle node has sent none yet
         try:
             for _ in range(MAX_PAGES):
                 status, body = await self._get(node, f"/v1/kv/events?since={kv.next_seq}&limit={EVENTS_PAGE}",
