@@ -24,7 +24,8 @@ def setup(launcher):
     for n in (a, b):
         wait_http(n.url + "/ready", n.popen, n.log)
     fleet_file = launcher.tmp / "precise.toml"
-    fleet_file.write_text(f'[router]\npoll_interval = 0.2\n\n[[nodes]]\nurl = "{a.url}"\n\n[[nodes]]\nurl = "{b.url}"\n')
+    fleet_file.write_text(f'[router]\npoll_interval = 0.2\n\n[[nodes]]\nurl = "{a.url}"\n\n'
+                          f'[[nodes]]\nurl = "{b.url}"\n')
     audit = launcher.tmp / "precise.audit.jsonl"
     router = launcher.router("--fleet", str(fleet_file), "--audit-log", str(audit), name="precise-router",
                              wait_ready=False)
