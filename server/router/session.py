@@ -144,7 +144,7 @@ def on_reported(index: PrefixIndex, ctx: RouteContext, metrics: Any, node_name: 
     if ctx.node_url is None or ctx.reported_cached_tokens is None:
         return
     index.correct(ctx.node_url, ctx.info.hashes, ctx.reported_cached_tokens, ctx.predicted_blocks, ctx.info.session)
-    metrics.predicted_cached.labels(node_name).inc(ctx.predicted_blocks * index.block_tokens)
+    metrics.predicted_cached.labels(node_name).inc(ctx.predicted_tokens)  # precise or estimate, as used
     metrics.reported_cached.labels(node_name).inc(ctx.reported_cached_tokens)
 
 
