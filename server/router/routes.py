@@ -81,6 +81,7 @@ def fleet_view(router: Router) -> dict[str, Any]:
         v = n.view(now)
         est = estimate(n, 512, router.policy.mean_max_tokens)  # type: ignore[attr-defined]
         v["score_ms"] = None if est.ttft_ms == float("inf") else round(est.ttft_ms, 2)
+        v["prefix_mode"] = router.kv.mode(n)  # precise: from the node's KV events; estimate: prefix_index
         nodes.append(v)
     return {"object": "fleet", "policy": router.policy.name, "poll_interval_s": router.settings.poll_interval,
             "score": "predicted TTFT in ms for a 512-token prompt", "nodes": nodes, "models": models_view(router)}
