@@ -131,6 +131,7 @@ async def pick_for(router: Fleet, request: Request) -> dict[str, Any]:
     key_id = request.scope.get("state", {}).get("key_id", "anonymous")
     ctx = build_context(req, raw, dict(request.scope["headers"]), router.settings.limits.get(key_id),
                         estimate_prompt_tokens(req), req.requested_max_tokens() or router.settings.default_max_tokens)
+    await router.predict_precise(req, ctx.info)  # as the proxy does: exact where a node offers KV events
     view = pick_view(router, req.model, ctx.info)
     return view if is_admin(router, request.scope) else redact_pick(view)
 
