@@ -29,6 +29,7 @@ from server.edge.protocol import ChatCompletionRequest, ToolMode, Usage, clamp_l
 from server.engine.base import Delta, PositionLogprobs, ToolCall
 from server.engine.toolcalls import new_call_id
 from server.runtime import NodeRuntime
+from server.tokenspec import chat_messages
 
 router = APIRouter()
 
@@ -49,19 +50,7 @@ def _forced_schema(req: ChatCompletionRequest, mode: ToolMode) -> dict[str, Any]
 
 
 def _messages(req: ChatCompletionRequest) -> list[dict[str, Any]]:
-    out = []
-    for m in req.messages:
-        d: dict[str, Any] = {"role": "system" if m.role == "developer" else m.role, "content": m.text() or ""}
-        if m.name:
-            d["name"] = m.name
-        if m.tool_calls:
-            d["tool_calls"] = [{"id": c.id, "type": "function",
-                                "function": {"name": c.function.name, "arguments": c.function.arguments}}
-                               for c in m.tool_calls]
-        if m.tool_call_id:
-            d["tool_call_id"] = m.tool_call_id
-        out.append(d)
-    return out
+    return chat_messages(req.messages)  # the router tokenizes with the same conversion
 
 
 def _render(runtime: NodeRuntime, req: ChatCompletionRequest, mode: ToolMode) -> list[int]:

@@ -56,6 +56,18 @@ async def kv_events(runtime: Runtime, since: Annotated[int, Query(ge=0)] = 0,
     return JSONResponse({"events": [e.json() for e in events], "next": nxt})
 
 
+@router.get("/v1/tokenizer")
+async def tokenizer(runtime: Runtime) -> JSONResponse:
+    """How this node tokenizes prompts (server/tokenspec.py), for a router in precise prefix
+    mode: it computes the KV block hashes of a request as this node will."""
+    spec_of = getattr(runtime.engine, "tokenizer_spec", None)
+    spec = spec_of() if spec_of is not None and runtime.state != "starting" else None
+    if spec is None:
+        raise NotFound(f"The {runtime.engine.name} engine does not share its tokenizer on this node.",
+                       code="tokenizer_unavailable")
+    return JSONResponse({"model": runtime.engine.info.id, **spec.json()})
+
+
 @router.get("/health")
 async def health(runtime: Runtime) -> JSONResponse:
     if not runtime.engine_healthy():

@@ -1,13 +1,7 @@
 """Prefix-cache block hashes and KV-cache events, shared by the native and sim engines.
 
-Block hash: a *full* block of ``block_size`` prompt tokens is named by a 64-bit hash chained
-over its parent's hash, so two blocks share a name only when their whole prefixes match::
-
-    block_hash = int.from_bytes(blake2b(parent.to_bytes(8, "big") + tokens as int32 little-endian,
-                                        digest_size=8).digest(), "big")
-
-with ``parent = 0`` for the first block. It is stable across processes and machines (unlike
-Python's ``hash``), so a consumer of the events can compute the same names from token ids.
+Block hashes (``chain_hash``, ``block_hashes``) live in :mod:`server.kvhash`, below both the
+engines and the router: a consumer of the events computes the same names from token ids.
 
 Events mirror vLLM's KV events (``BlockStored``, ``BlockRemoved``, ``AllBlocksCleared``) and
 sit in a bounded ring with a monotonically increasing sequence number; a consumer that fell
@@ -17,35 +11,18 @@ its worker thread and the HTTP layer reads from the event loop, hence the lock.
 
 from __future__ import annotations
 
-import struct
 import threading
 import time
 from collections import deque
-from collections.abc import Sequence
 from dataclasses import dataclass, field
-from hashlib import blake2b
 from typing import Literal
+
+from server.kvhash import block_hashes, chain_hash
+
+__all__ = ["DEFAULT_RING", "EventsGone", "KvEvent", "KvEventLog", "block_hashes", "chain_hash"]
 
 EventKind = Literal["BlockStored", "BlockRemoved", "AllBlocksCleared"]
 DEFAULT_RING = 4096
-
-
-def chain_hash(parent: int | None, token_ids: Sequence[int]) -> int:
-    data = (parent or 0).to_bytes(8, "big") + struct.pack(f"<{len(token_ids)}i", *token_ids)
-    return int.from_bytes(blake2b(data, digest_size=8).digest(), "big")
-
-
-def block_hashes(token_ids: Sequence[int], block_size: int, limit: int | None = None) -> list[int]:
-    """Chained hashes of the leading full blocks of ``token_ids`` (at most ``limit`` of them)."""
-    n = len(token_ids) // block_size
-    if limit is not None:
-        n = min(n, limit)
-    out: list[int] = []
-    parent = None
-    for i in range(n):
-        parent = chain_hash(parent, token_ids[i * block_size:(i + 1) * block_size])
-        out.append(parent)
-    return out
 
 
 @dataclass(slots=True)

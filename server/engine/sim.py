@@ -28,7 +28,6 @@ Options come from ``NodeSettings.engine_options`` (``--engine-option KEY=VALUE``
 from __future__ import annotations
 
 import asyncio
-import math
 import zlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -45,6 +44,7 @@ from server.engine.base import (
     ToolCallParser,
 )
 from server.engine.kv_events import KvEventLog
+from server.tokenspec import SimTokenizer, TokenizerSpec
 from server.engine.sim_kv import Reservation, SimKvPool
 
 DEFAULTS: dict[str, Any] = {
@@ -169,6 +169,7 @@ class SimEngine:
             random_weights=True,  # text carries no meaning, like the random-weights demo model
             note=SIM_NOTE,
         )
+        self._text = SimTokenizer(self.opts.chars_per_token)
         self.kv_events = KvEventLog(self.opts.kv_events_ring) if self.opts.kv_events_ring > 0 else None
         self.kv = self._new_pool()
         self._state = _State()
@@ -361,11 +362,7 @@ class SimEngine:
 
     def tokenize(self, text: str, add_special_tokens: bool = True) -> list[int]:
         """One made-up token per ``chars_per_token`` characters (at least one for non-empty text)."""
-        n = math.ceil(len(text) / self.opts.chars_per_token)
-        cpt = self.opts.chars_per_token
-        ids = [100 + zlib.crc32(text[i * cpt:(i + 1) * cpt].encode("utf-8", "replace")) % (VOCAB - 100)
-               for i in range(n)]
-        return ([1] if add_special_tokens else []) + ids
+        return self._text.tokenize(text, add_special_tokens)
 
     def detokenize(self, token_ids: list[int]) -> str:
         """Placeholder text that tokenizes back to as many tokens: one word of
@@ -376,16 +373,11 @@ class SimEngine:
     def render_chat(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None,
                     add_generation_prompt: bool = True) -> list[int]:
         # ChatML-like framing: 4 tokens of overhead per message, plus the generation prompt.
-        ids: list[int] = [1]
-        for m in messages:
-            content = m.get("content")
-            if isinstance(content, list):
-                content = "".join(str(p.get("text", "")) for p in content if isinstance(p, dict))
-            ids += [2, 3, 4] + self.tokenize(f"{m.get('role', '')}\n{content or ''}", add_special_tokens=False) + [5]
-        if tools:
-            import json
-            ids += self.tokenize(json.dumps(tools), add_special_tokens=False)
-        return ids + [2, 6] if add_generation_prompt else ids
+        return self._text.render_chat(messages, tools, add_generation_prompt)
+
+    def tokenizer_spec(self) -> TokenizerSpec:
+        """What ``GET /v1/tokenizer`` serves: the router tokenizes as this node does."""
+        return TokenizerSpec("sim", chars_per_token=self.opts.chars_per_token)
 
     def tool_parser(self, name: str) -> ToolCallParser:
         from server.engine.toolcalls import get_tool_parser

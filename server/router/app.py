@@ -9,6 +9,7 @@ the fleet view (``/v1/fleet``, ``/v1/fleet/pick``, ``/v1/fleet/warm``), ``/v1/us
 
 from __future__ import annotations
 
+import json
 from contextlib import asynccontextmanager
 from contextvars import ContextVar
 from typing import Any
@@ -22,6 +23,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from server import __version__
 from server.config import is_loopback
+from server.edge.protocol import ChatCompletionRequest
 from server.edge.render import install_handlers
 from server.edge.security import SecurityMiddleware
 from server.router.config import RouterSettings
@@ -29,6 +31,7 @@ from server.router.core import Router
 from server.router.mcp_tools import build_mcp
 from server.router.persist import Persistence
 from server.router.routes import PROXY_ROUTES, fleet_view, models_view, pick_view, proxy_routes, routes
+from server.router.proxy import parse_body
 from server.router.session import pick_info
 from server.router.warm import warm_model
 
@@ -104,7 +107,12 @@ class LocalBackend:
         return fleet_view(self.router)["nodes"]
 
     async def pick(self, model: str, prompt_tokens: int, max_tokens: int, **hints: Any) -> dict[str, Any]:
-        return pick_view(self.router, model, pick_info(model, prompt_tokens, max_tokens, **hints))
+        info = pick_info(model, prompt_tokens, max_tokens, **hints)
+        if hints.get("messages"):  # as the proxy does: exact where a node offers KV events
+            req = parse_body(json.dumps({"model": model, "messages": hints["messages"]}).encode(),
+                             ChatCompletionRequest)
+            await self.router.predict_precise(req, info)
+        return pick_view(self.router, model, info)
 
     async def warm(self, model: str) -> dict[str, Any]:
         return (await warm_model(self.router, model))[1]

@@ -208,7 +208,12 @@ def _check_networks(values: tuple[str, ...]) -> None:
 @click.option("--api-key", envvar="EDGEFLEET_API_KEY", default=None, help="Client key for the router.")
 @click.option("--json", "as_json", is_flag=True, help="Print the raw /v1/fleet document.")
 @click.option("--watch", type=float, default=None, help="Refresh every N seconds.")
-def fleet(url: str, api_key: str | None, as_json: bool, watch: float | None) -> None:
+@click.option("--export", "export", type=click.Choice(["llm-d"]), default=None,
+              help="Write an endpoint picker's endpoints file (docs/deploy.md) instead of the table.")
+@click.option("--out", type=click.Path(dir_okay=False), default=None,
+              help="With --export: the file to replace atomically (default: print to stdout).")
+def fleet(url: str, api_key: str | None, as_json: bool, watch: float | None, export: str | None,
+          out: str | None) -> None:
     """Show a router's fleet: every node's health, RTT, load and score."""
     import time
 
@@ -231,6 +236,9 @@ def fleet(url: str, api_key: str | None, as_json: bool, watch: float | None) -> 
     if as_json:
         click.echo(json.dumps(fetch(), indent=2))
         return
+    if export is not None:
+        _export(fetch, url, out, watch)
+        return
     if watch is None:
         console.print(fleet_table(fetch()))
         return
@@ -238,6 +246,26 @@ def fleet(url: str, api_key: str | None, as_json: bool, watch: float | None) -> 
         while True:
             time.sleep(watch)
             live.update(fleet_table(fetch()))
+
+
+def _export(fetch: Any, url: str, out: str | None, watch: float | None) -> None:
+    import time
+    from pathlib import Path
+
+    from server.router.export import llmd_endpoints, render, write_atomic
+
+    while True:
+        doc, warnings = llmd_endpoints(fetch())
+        for w in warnings:
+            click.echo(f"warning: {w}", err=True)
+        text = render(doc, url)
+        if out is None:
+            click.echo(text, nl=False)
+        else:
+            write_atomic(Path(out), text)
+        if watch is None:
+            return
+        time.sleep(watch)
 
 
 def fleet_table(doc: dict[str, Any]):

@@ -21,6 +21,7 @@ from server.router.config import RouterSettings
 from server.router.limits import RateLimiter
 from server.router.metrics import RouterMetrics
 from server.router.policy import Estimate, RequestInfo, estimate, make_policy
+from server.router.kv_follow import KvFollower
 from server.router.prefix_index import PrefixIndex
 from server.router.poller import Poller
 from server.router.registry import FailureOutcome, Node, NodeSpec, Registry, normalize_url
@@ -46,6 +47,7 @@ class Router:
         for spec in settings.nodes:
             self.registry.add(spec)
         self.index = PrefixIndex()  # which prompt prefixes each node is believed to hold
+        self.kv = KvFollower(stale_s=max(5.0, 3 * settings.poll_interval + 2.0))  # precise mode: KV events
         self.policy = make_policy(settings.policy, settings.seed, self.index)
         self.limiter = RateLimiter(settings.limits)
         self.idempotency = None  # server.edge.idempotency.Idempotency, set at start (server/router/persist.py)
@@ -73,7 +75,8 @@ class Router:
         ctx = ssl.create_default_context(cafile=s.node_ca_file) if s.node_ca_file else None
         self.upstream = UpstreamPool(read_timeout=s.read_timeout, max_body_bytes=s.max_response_bytes,
                                      ssl_context=ctx)
-        self.poller = Poller(self.registry, self.upstream, s.poll_interval)
+        self.kv.pool = self.upstream
+        self.poller = Poller(self.registry, self.upstream, s.poll_interval, after=self.kv.follow_all)
         await self.poller.poll_once()  # know the fleet before the first request
         self.poller.start()
         if s.discover:
@@ -211,7 +214,8 @@ class Router:
         nodes = self.registry.nodes()
         for n in nodes:
             if not n.is_ready(now) and self.index.blocks(n.url):
-                self.index.forget(n.url)  # down, sleeping or draining: assume its cache is gone
+                self.index.forget(n.url)
+                self.kv.forget(n.url)  # down, sleeping or draining: assume its cache is gone
         serving = [n for n in nodes if n.serves(model)]
         if not serving:
             if not nodes or any(n.capacity is None for n in nodes):
@@ -230,7 +234,19 @@ class Router:
                         + (prefer_warm(self.policy.rank(far, req), model) if far else []))
         return prefer_warm(self.policy.rank(ready, req), model)
 
+    async def predict_precise(self, model_req: object, info: RequestInfo) -> None:
+        """Exact cached-token predictions for the nodes in precise prefix mode (kv_follow.py)."""
+        if not self.policy.uses_cache:  # type: ignore[attr-defined]
+            return
+        precise, prompt_len = await self.kv.predict(self.registry.nodes(), model_req)
+        if precise:
+            info.precise = precise
+            if prompt_len:
+                info.prompt_tokens = prompt_len  # the node's own count beats chars / 4
+
     def predicted_cached(self, node: Node, req: RequestInfo) -> int:
+        if req.precise and node.url in req.precise:
+            return req.precise[node.url]
         return self.index.match(node.url, req.hashes, req.session) * self.index.block_tokens if req.hashes else 0
 
     def no_healthy(self, message: str = "No healthy node is available.") -> NoHealthyNode:

@@ -57,6 +57,7 @@ class RequestInfo:
     session: str | None = None  # hash of the session key, never the key
     priority: int | None = None  # lower runs first; None: the node's default (0)
     now: float | None = None  # monotonic time of the decision: the polled queue has drained since
+    precise: dict[str, int] | None = None  # node url -> cached tokens from its KV events (kv_follow)
     model: str | None = None  # multi-model nodes: add the model's load/wake time where it is cold
 
 
@@ -191,7 +192,11 @@ class _Base:
         self.mean_max_tokens = REF_MAX_TOKENS / 2.0
 
     def cached_tokens(self, node: Node, req: RequestInfo) -> int:
-        if not self.uses_cache or self.index is None or not req.hashes:
+        if not self.uses_cache:
+            return 0
+        if req.precise and node.url in req.precise:
+            return req.precise[node.url]
+        if self.index is None or not req.hashes:
             return 0
         return self.index.match(node.url, req.hashes, req.session) * self.index.block_tokens
 

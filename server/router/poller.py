@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable, Callable
 
 from pydantic import ValidationError
 
@@ -70,7 +71,9 @@ def _describe(exc: BaseException) -> str:
 
 class Poller:
     def __init__(self, registry: Registry, pool: UpstreamPool, interval: float = 1.0,
-                 timeout: float | None = None):
+                 timeout: float | None = None,
+                 after: Callable[[list[Node]], Awaitable[None]] | None = None):
+        """``after``: run with the nodes after each round (the KV event follower)."""
         self.registry = registry
         self.pool = pool
         self.interval = interval
@@ -78,12 +81,15 @@ class Poller:
         # a failure, or a burst of load would open breakers across the fleet.
         self.timeout = timeout if timeout is not None else max(2.0, interval)
         self._task: asyncio.Task[None] | None = None
+        self.after = after
         self.rounds = 0
 
     async def poll_once(self) -> None:
         nodes = self.registry.nodes()
         if nodes:
             await asyncio.gather(*(poll_node(self.pool, n, self.timeout, self.registry) for n in nodes))
+            if self.after is not None:
+                await self.after(nodes)
         self.rounds += 1
 
     async def _run(self) -> None:

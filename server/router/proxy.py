@@ -129,6 +129,8 @@ class Exchange:
         route = self.route
         if route is not None and ok:
             on_reported(r.index, route, r.metrics, node)
+            if self.node is not None:
+                r.kv.kick(self.node)  # its events now include this prompt's blocks
         if r.audit.enabled:
             r.audit.write({
                 "request_id": self.request_id, "key_id": self.key_id, "client": self.client,
@@ -141,7 +143,7 @@ class Exchange:
                 "latency_ms": round((now - self.started) * 1000.0, 2),
                 **({} if route is None else {
                     "session": route.info.session, "priority": route.info.priority,
-                    "predicted_cached_tokens": route.predicted_blocks * r.index.block_tokens,
+                    "predicted_cached_tokens": route.predicted_tokens,
                     "cached_tokens": route.reported_cached_tokens}),
             }, prompt=self.prompt)
 
@@ -288,6 +290,7 @@ async def handle(router: Router, scope: Scope, receive: Receive, send: Send,
             raise RateLimited(f"Rate limit exceeded for this key ({lim.what}).",
                               headers={"Retry-After": str(lim.retry_after)}) from None
         zone, pin = headers.get(b"x-edgefleet-zone"), headers.get(b"x-edgefleet-node")
+        await router.predict_precise(req, route.info)
         ranked = router.candidates(req.model, route.info,
                                    zone=zone.decode("latin-1") if zone else None,
                                    pin=pin.decode("latin-1") if pin else None)

@@ -85,6 +85,7 @@ def fleet_view(router: Router) -> dict[str, Any]:
         v = n.view(now)
         est = estimate(n, 512, router.policy.mean_max_tokens)  # type: ignore[attr-defined]
         v["score_ms"] = None if est.ttft_ms == float("inf") else round(est.ttft_ms, 2)
+        v["prefix_mode"] = router.kv.mode(n)  # precise: from the node's KV events; estimate: prefix_index
         nodes.append(v)
     return {"object": "fleet", "policy": router.policy.name, "poll_interval_s": router.settings.poll_interval,
             "score": "predicted TTFT in ms for a 512-token prompt", "nodes": nodes, "models": models_view(router)}
@@ -135,6 +136,7 @@ async def pick_for(router: Fleet, request: Request) -> dict[str, Any]:
     key_id = request.scope.get("state", {}).get("key_id", "anonymous")
     ctx = build_context(req, raw, dict(request.scope["headers"]), router.settings.limits.get(key_id),
                         estimate_prompt_tokens(req), req.requested_max_tokens() or router.settings.default_max_tokens)
+    await router.predict_precise(req, ctx.info)  # as the proxy does: exact where a node offers KV events
     view = pick_view(router, req.model, ctx.info)
     return view if is_admin(router, request.scope) else redact_pick(view)
 

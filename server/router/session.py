@@ -42,6 +42,7 @@ class RouteContext:
     body: bytes  # what goes to the node (``priority`` added when the header or key gave it)
     clamped: int | None = None  # the priority used, when the request asked for more than allowed
     predicted_blocks: int = 0  # on the node that answered, before this request was indexed
+    predicted_tokens: int = 0  # the cached tokens predicted there (precise or estimate)
     node_url: str | None = None
     reported_cached_tokens: int | None = None
 
@@ -130,6 +131,10 @@ def on_routed(index: PrefixIndex, ctx: RouteContext, node_url: str, kv_total_tok
         index.set_capacity(node_url, kv_total_tokens)
     ctx.node_url = node_url
     ctx.predicted_blocks = index.match(node_url, info.hashes, info.session)
+    if info.precise and node_url in info.precise:
+        ctx.predicted_tokens = info.precise[node_url]
+    else:
+        ctx.predicted_tokens = ctx.predicted_blocks * index.block_tokens
     index.insert(node_url, info.hashes, info.session)
 
 
@@ -139,7 +144,7 @@ def on_reported(index: PrefixIndex, ctx: RouteContext, metrics: Any, node_name: 
     if ctx.node_url is None or ctx.reported_cached_tokens is None:
         return
     index.correct(ctx.node_url, ctx.info.hashes, ctx.reported_cached_tokens, ctx.predicted_blocks, ctx.info.session)
-    metrics.predicted_cached.labels(node_name).inc(ctx.predicted_blocks * index.block_tokens)
+    metrics.predicted_cached.labels(node_name).inc(ctx.predicted_tokens)  # precise or estimate, as used
     metrics.reported_cached.labels(node_name).inc(ctx.reported_cached_tokens)
 
 

@@ -171,3 +171,23 @@ async def test_llm_d_model_server_metrics(client):
     (sample,) = lora.samples
     assert set(sample.labels) == {"max_lora", "running_lora_adapters", "waiting_lora_adapters"}
     assert sample.value > 1.6e9  # a Unix timestamp, as vLLM sets it
+
+
+async def test_the_tokenizer_endpoint_lets_a_router_compute_the_nodes_prompt_ids(tmp_path):
+    from server.tokenspec import TokenizerSpec, build_tokenizer, chat_messages
+    from server.edge.protocol import ChatCompletionRequest
+
+    c = await _client(tmp_path, chars_per_token=3)
+    try:
+        doc = (await c.get("/v1/tokenizer")).json()
+        assert doc["model"] == MODEL and doc["kind"] == "sim" and doc["chars_per_token"] == 3
+        tok = build_tokenizer(TokenizerSpec.from_json(doc))
+        body = chat(content="hello " * 40)
+        node_ids = c.runtime.engine.render_chat(chat_messages(ChatCompletionRequest.model_validate(body).messages),
+                                                None)
+        assert tok.render_chat(chat_messages(ChatCompletionRequest.model_validate(body).messages), None) == node_ids
+        usage = (await c.post("/v1/chat/completions", json=body)).json()["usage"]
+        assert usage["prompt_tokens"] == len(node_ids)  # what the node counted is what the router computes
+    finally:
+        await c.aclose()
+        await c.runtime.engine.stop()

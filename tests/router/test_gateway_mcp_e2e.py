@@ -128,8 +128,11 @@ def test_usage_per_key_and_audit(gw):
     usage = httpx.get(router.url + "/v1/usage", headers=h, trust_env=False).json()
     assert list(usage["keys"]) == ["carol"]  # a key sees only itself
     assert usage["keys"]["carol"]["requests"] >= 1 and usage["keys"]["carol"]["completion_tokens"] >= 2
-    lines = [json.loads(x) for x in audit.read_text().splitlines()]
-    assert {x["key_id"] for x in lines} >= {"alice", "carol"}
+    def read() -> list[dict]:  # the router writes audit lines on its own thread
+        return [json.loads(x) for x in audit.read_text().splitlines()]
+
+    assert wait_until(lambda: {x["key_id"] for x in read()} >= {"alice", "carol"}, timeout=10)
+    lines = read()
     assert any(x["status"] == 429 and x["error"] == "rate_limit_exceeded" for x in lines)
     assert any(x.get("prompt") == MSG for x in lines)  # --log-prompts is on here
     text = audit.read_text()
@@ -201,8 +204,11 @@ async def test_mcp_complete_counts_and_limits_the_calling_key(gw):
     usage = httpx.get(router.url + "/v1/usage", headers={"authorization": f"Bearer {KEYS['dave']}"},
                       trust_env=False).json()
     assert usage["keys"]["dave"]["requests"] == 1 and usage["keys"]["dave"]["completion_tokens"] == 2
-    lines = [json.loads(x) for x in audit.read_text().splitlines()]
-    assert {x["key_id"] for x in lines if x["status"] == 429} >= {"dave"}
+    def read() -> list[dict]:  # the router writes audit lines on its own thread
+        return [json.loads(x) for x in audit.read_text().splitlines()]
+
+    assert wait_until(lambda: {x["key_id"] for x in read() if x["status"] == 429} >= {"dave"}, timeout=10)
+    lines = read()
     assert "anonymous" not in {x["key_id"] for x in lines}
 
 

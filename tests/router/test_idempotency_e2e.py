@@ -22,6 +22,7 @@ pytestmark = pytest.mark.e2e
 
 BODY = {"model": "sim-model", "messages": [{"role": "user", "content": "count"}], "max_tokens": 24}
 AUTH = {"authorization": "Bearer alice-key"}
+ADMIN = {"authorization": "Bearer ops-key"}  # /v1/fleet is for admin keys
 
 
 def finished(node) -> int:
@@ -46,14 +47,15 @@ def node(launcher):
 def fleet_file(launcher):
     path = launcher.tmp / "fleet.toml"
     path.write_text(f'[[keys]]\nid = "alice"\nhash = "{hash_key("alice-key")}"\n'
-                    f'[[keys]]\nid = "bob"\nhash = "{hash_key("bob-key")}"\nrequests_per_min = 3\n')
+                    f'[[keys]]\nid = "bob"\nhash = "{hash_key("bob-key")}"\nrequests_per_min = 3\n'
+                    f'[[keys]]\nid = "ops"\nhash = "{hash_key("ops-key")}"\nadmin = true\n')
     return path
 
 
 def start_router(launcher, node, fleet_file, *args, name="router"):
     r = launcher.router("--node", node.url, "--fleet", str(fleet_file), "--poll-interval", "0.2",
                         "--limits-flush-interval", "0.2", *args, name=name)
-    assert wait_until(lambda: all(n["ready"] for n in fleet(r, **AUTH)["nodes"]))
+    assert wait_until(lambda: all(n["ready"] for n in fleet(r, **ADMIN)["nodes"]))
     return r
 
 

@@ -55,6 +55,17 @@ def oa(router, **headers) -> openai.OpenAI:
     return openai.OpenAI(base_url=router.url + "/v1", api_key=KEY, max_retries=0, default_headers=headers)
 
 
+def audit_lines(audit) -> list[str]:
+    return audit.read_text().splitlines() if audit.exists() else []
+
+
+def next_audit_line(audit, before: int) -> dict:
+    """The newest audit line once there are more than ``before``: the router writes them on
+    its own thread, after the response."""
+    assert wait_until(lambda: len(audit_lines(audit)) > before, timeout=10)
+    return json.loads(audit_lines(audit)[-1])
+
+
 def pick(router, messages, session="agent-run-1") -> dict:
     return httpx.post(router.url + "/v1/fleet/pick", json={"model": "sim-model", "messages": messages},
                       headers={"authorization": f"Bearer {KEY}", "X-Edgefleet-Session": session},
@@ -78,8 +89,9 @@ def test_a_chain_goes_where_its_context_is_and_reports_correct_the_estimate(setu
     assert p["node"] == first and p["predicted_cached_tokens"] >= 1500
     assert [e["predicted_cached_tokens"] for e in p["alternatives"]] == [0]
     assert p["session"] and "agent-run-1" not in json.dumps(p)
+    before = len(audit_lines(audit))
     assert step(1) == first
-    last = json.loads(audit.read_text().splitlines()[-1])
+    last = next_audit_line(audit, before)
     assert last["session"] == p["session"] and last["predicted_cached_tokens"] >= 1500
     assert last["priority"] == 5  # the key's default
     assert "agent-run-1" not in audit.read_text()
@@ -97,14 +109,16 @@ def test_a_chain_goes_where_its_context_is_and_reports_correct_the_estimate(setu
 
 def test_priority_is_clamped_to_the_key_limit(setup):
     router, audit = setup
+    before = len(audit_lines(audit))
     raw = oa(router).chat.completions.with_raw_response.create(
         model="sim-model", messages=[{"role": "user", "content": "urgent"}], max_tokens=2, extra_body={"priority": -20})
     assert raw.headers["x-edgefleet-priority-clamped"] == "0"
-    assert json.loads(audit.read_text().splitlines()[-1])["priority"] == 0
+    assert next_audit_line(audit, before)["priority"] == 0
+    before = len(audit_lines(audit))
     raw = oa(router, **{"X-Edgefleet-Priority": "7"}).chat.completions.with_raw_response.create(
         model="sim-model", messages=[{"role": "user", "content": "batch"}], max_tokens=2)
     assert "x-edgefleet-priority-clamped" not in raw.headers
-    assert json.loads(audit.read_text().splitlines()[-1])["priority"] == 7
+    assert next_audit_line(audit, before)["priority"] == 7
 
 
 def test_bad_session_and_priority_are_400(setup):

@@ -172,6 +172,19 @@ class NativeEngine:
             prefix_caching=bm.enable_prefix_caching)
 
     # -- text ------------------------------------------------------------------------
+    def tokenizer_spec(self) -> Any:
+        """What ``GET /v1/tokenizer`` serves: ``tokenizer.json``, the chat template and the
+        special tokens it refers to, so the router can tokenize as this node does."""
+        from server.tokenspec import TokenizerSpec
+
+        path = self.model_dir / "tokenizer.json"
+        template = getattr(self.tokenizer, "chat_template", None)
+        if not path.is_file() or not isinstance(template, str):
+            return None  # a slow tokenizer or a template per name: the router estimates instead
+        special = {k: v for k, v in getattr(self.tokenizer, "special_tokens_map", {}).items() if isinstance(v, str)}
+        return TokenizerSpec("hf", tokenizer_json=path.read_text(), chat_template=template,
+                             special_tokens=tuple(sorted(special.items())))
+
     def tokenize(self, text: str, add_special_tokens: bool = True) -> list[int]:
         return list(self.tokenizer.encode(text, add_special_tokens=add_special_tokens))
 
