@@ -26,9 +26,11 @@ DEMO = "edgefleet-demo-random"
 SECOND = "tiny-second"
 
 
-def chat(url: str, model: str, headers: dict | None = None, timeout: float = 120.0) -> httpx.Response:
+def chat(url: str, model: str, headers: dict | None = None, timeout: float = 120.0,
+         max_tokens: int = 3) -> httpx.Response:
     return httpx.post(url + "/v1/chat/completions", headers=headers or {}, timeout=timeout, trust_env=False,
-                      json={"model": model, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 3})
+                      json={"model": model, "messages": [{"role": "user", "content": "hi"}], "max_tokens": max_tokens,
+                            "ignore_eos": True})
 
 
 def states(url: str) -> dict[str, dict]:
@@ -83,8 +85,16 @@ def test_models_listed_with_state_and_pinned_loaded_at_start(host_node):
 
 
 def test_concurrent_first_requests_share_one_load_then_keep_alive_0_unloads(host_node):
+    # All four leave together, and each decodes long enough that none has finished (and
+    # keep_alive 0 has not unloaded the model) before the last arrives, even on a loaded box.
+    gate = threading.Barrier(4)
+
+    def first_request(_: int) -> httpx.Response:
+        gate.wait(30)
+        return chat(host_node.url, SECOND, max_tokens=48)
+
     with concurrent.futures.ThreadPoolExecutor(4) as pool:
-        answers = list(pool.map(lambda _: chat(host_node.url, SECOND), range(4)))
+        answers = list(pool.map(first_request, range(4)))
     assert [r.status_code for r in answers] == [200] * 4
     assert all(r.json()["model"] == SECOND for r in answers)
     log = host_node.read_log()
