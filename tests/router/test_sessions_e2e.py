@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 
 import httpx
 import openai
@@ -131,3 +132,65 @@ def test_bad_session_and_priority_are_400(setup):
         oa(router, **{"X-Edgefleet-Priority": "high"}).chat.completions.create(
             model="sim-model", messages=[{"role": "user", "content": "x"}], max_tokens=2)
     assert "-100 to 100" in e.value.message
+
+
+@pytest.fixture(scope="module")
+def one_slot(launcher):
+    """Two sim nodes with one sequence slot each and slow decode: a few background
+    requests make a node's queue wait seconds long, longer than re-prefilling a chain."""
+    from tests.router.conftest import wait_http
+    # --max-num-seqs, not the sim option: the node's own TTFT prediction counts slots from it.
+    nodes = [launcher.node(f"slot-{x}", prefill_tokens_per_s=1000, decode_ms=20, decode_ms_per_seq=0,
+                           extra=["--max-num-seqs", "1"], wait=False) for x in "ab"]
+    for n in nodes:
+        wait_http(n.url + "/ready", n.popen, n.log)
+    router = launcher.router(*[a for n in nodes for a in ("--node", n.url)], "--poll-interval", "0.2",
+                             "--admin-key", KEY, name="slot-router", wait_ready=False)
+    auth = {"authorization": f"Bearer {KEY}"}
+    assert wait_until(lambda: len(fleet(router, **auth)["nodes"]) == 2 and
+                      all(n["ready"] for n in fleet(router, **auth)["nodes"]), timeout=20)
+    return router, {n.name: n for n in nodes}
+
+
+def test_a_chain_stays_with_its_context_until_that_node_is_overloaded_then_moves(one_slot):
+    router, nodes = one_slot
+    c = oa(router, **{"X-Edgefleet-Session": "agent-run-move"})
+    messages = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": "Refactor the lexer."}]
+
+    def step(k: int) -> str:
+        raw = c.chat.completions.with_raw_response.create(model="sim-model", messages=messages, max_tokens=4)
+        messages.extend([{"role": "assistant", "content": raw.parse().choices[0].message.content},
+                         {"role": "user", "content": f"tool result {k}: " + "ok " * 100}])
+        return raw.headers["x-edgefleet-node"]
+
+    holder = step(0)
+    assert holder in nodes
+    assert step(1) == holder and step(2) == holder  # idle fleet: the ~2000 cached tokens keep the chain there
+
+    # Load the holder behind the router's back: six requests decoding 100 tokens (2 s) each
+    # through its only slot. The node predicts a slot wait of one recent mean request per
+    # request ahead, more than re-prefilling ~2300 tokens on the idle node.
+    busy = nodes[holder]
+    background = [threading.Thread(target=httpx.post, args=(busy.url + "/v1/chat/completions",),
+                                   kwargs={"json": {"model": "sim-model", "max_tokens": 100,
+                                                    "messages": [{"role": "user", "content": f"batch job {i}"}]},
+                                           "timeout": 90, "trust_env": False})
+                  for i in range(6)]
+    for t in background:
+        t.start()
+    auth = {"authorization": f"Bearer {KEY}"}
+
+    def holder_overloaded() -> bool:
+        cap = next(n for n in fleet(router, **auth)["nodes"] if n["name"] == holder).get("capacity") or {}
+        # Queued work the router has seen, and a predicted wait well past the idle node's
+        # re-prefill of the whole prompt (~2.3 s at its prior 1000 tokens/s).
+        return cap["load"]["waiting"] >= 2 and cap["prediction"]["predicted_queue_wait_ms"] > 3500
+
+    assert wait_until(holder_overloaded, timeout=20)
+    moved = step(3)
+    assert moved != holder and moved in nodes
+    for t in background:
+        t.join(90)
+    assert not any(t.is_alive() for t in background)
+    # The chain's context is now on the node it moved to, and that node is idle: it stays.
+    assert step(4) == moved
