@@ -139,8 +139,14 @@ class NodeRuntime:
             return len(left)
 
     # --- admission ------------------------------------------------------------------
+    def slots(self) -> int:
+        """Sequences the engine runs at once: its own figure (an engine option may set it),
+        else the node's ``--max-num-seqs``. Admission, the prediction and the capacity
+        document all count with this one number."""
+        return self.engine.stats().max_num_seqs or self.settings.max_num_seqs
+
     def queued(self) -> int:
-        return max(0, self._in_flight_sequences() - self.settings.max_num_seqs)
+        return max(0, self._in_flight_sequences() - self.slots())
 
     def _in_flight_sequences(self) -> int:
         return sum(len(a.engine_ids) for a in self.active.values())
@@ -156,7 +162,7 @@ class NodeRuntime:
             return Refusal("not_ready", f"node is {self.state}")
         if not self.engine.is_healthy():
             return Refusal("engine_unavailable", "engine is not running")
-        queued = max(0, self._in_flight_sequences() + n - s.max_num_seqs)
+        queued = max(0, self._in_flight_sequences() + n - self.slots())
         if queued > s.max_queued_requests:
             return Refusal("queue_full", "queue full")
         if s.max_queue_wait is not None and queued > 0:
@@ -197,7 +203,7 @@ class NodeRuntime:
         behind = max(0, stats.num_waiting - waiting_ahead)
         in_flight = max(0, self._in_flight_sequences() - behind)
         return predict_ttft(prompt_tokens=prompt_tokens, waiting_prompt_tokens=tokens_ahead,
-                            in_flight=in_flight, max_num_seqs=self.settings.max_num_seqs,
+                            in_flight=in_flight, max_num_seqs=self.slots(),
                             summary=self.perf.summary())
 
     # --- accounting -----------------------------------------------------------------
@@ -259,7 +265,7 @@ class NodeRuntime:
                           waiting_prompt_tokens=stats.waiting_prompt_tokens,
                           kv_cache_usage=stats.kv_cache_usage, kv_free_tokens=stats.kv_free_tokens,
                           kv_total_tokens=stats.kv_total_tokens,
-                          max_concurrent_sequences=stats.max_num_seqs or s.max_num_seqs,
+                          max_concurrent_sequences=self.slots(),
                           queue_by_priority=[PriorityQueue(priority=p, waiting=n, waiting_prompt_tokens=t)
                                              for p, (n, t) in sorted(stats.waiting_by_priority.items())])
         cap = Capacity(

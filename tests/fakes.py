@@ -14,7 +14,8 @@ class ScriptedEngine:
     name = "fake"
 
     def __init__(self, *, fail_prompt: str | None = None, tokens: int = 5, step_s: float = 0.0,
-                 texts: list[str] | None = None):
+                 texts: list[str] | None = None, max_num_seqs: int = 4):
+        self.max_num_seqs = max_num_seqs  # what stats() reports: the runtime counts slots by it
         self.texts = texts  # scripted output, one piece per step (overrides tokens)
         self.fail_prompt = fail_prompt
         self.tokens = tokens
@@ -37,7 +38,7 @@ class ScriptedEngine:
         return self.healthy
 
     def stats(self) -> EngineStats:
-        return EngineStats(max_num_seqs=4, kv_total_tokens=1000)
+        return EngineStats(max_num_seqs=self.max_num_seqs, kv_total_tokens=1000)
 
     def tokenize(self, text: str, add_special_tokens: bool = True) -> list[int]:
         return [ord(c) % 200 for c in text]

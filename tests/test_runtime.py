@@ -13,7 +13,8 @@ from tests.fakes import ScriptedEngine
 
 @pytest.fixture
 async def runtime(tmp_path):
-    rt = NodeRuntime(NodeSettings(state_dir=tmp_path, max_num_seqs=2, max_queued_requests=1), ScriptedEngine())
+    rt = NodeRuntime(NodeSettings(state_dir=tmp_path, max_num_seqs=2, max_queued_requests=1),
+                     ScriptedEngine(max_num_seqs=2))
     await rt.start_engine()
     return rt
 
@@ -87,3 +88,16 @@ async def test_end_records_timings_only_for_finished_requests(runtime):
     runtime.on_tokens(b, 1)
     runtime.end("gone", "abort")
     assert runtime.active == {} and runtime.perf.summary()["requests"] == 1
+
+
+async def test_slots_are_the_engines_own_figure(tmp_path):
+    """An engine option may run fewer sequences than --max-num-seqs: admission, the prediction
+    and the capacity document all count the engine's slots."""
+    rt = NodeRuntime(NodeSettings(state_dir=tmp_path, max_num_seqs=32, max_queued_requests=1),
+                     ScriptedEngine(max_num_seqs=1))
+    await rt.start_engine()
+    assert rt.slots() == 1
+    fill(rt, 2)  # one running, one queued
+    assert rt.queued() == 1
+    assert rt.capacity(prompt_tokens=10).load.max_concurrent_sequences == 1
+    assert would_admit(rt) is False  # a third would exceed the one queue place
