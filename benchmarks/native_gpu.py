@@ -145,7 +145,9 @@ def native_variant(d: Path, cfg: dict, variant: str, args, device: torch.device)
     core, n = built.core, 0
     gen = torch.Generator().manual_seed(1)
 
-    def run(tokens: int) -> float:
+    def run(tokens: int) -> tuple[float, float]:
+        """(TTFT, TPOT) of one request: TPOT = (E2EL - TTFT) / (N - 1) within the same run,
+        so a hiccup in another run cannot make it negative."""
         nonlocal n
         n += 1
         prompt = torch.randint(100, cfg["vocab_size"], (args.input_len,), generator=gen).tolist()
@@ -153,20 +155,24 @@ def native_variant(d: Path, cfg: dict, variant: str, args, device: torch.device)
             max_tokens=tokens, temperature=0.0, ignore_eos=True)))
         sync(device)
         t0 = time.perf_counter()
-        produced = 0
+        produced, first = 0, None
         while core.has_work():
             produced += sum(len(dl.token_ids) for _, dl in core.step())
+            if first is None and produced:
+                sync(device)
+                first = time.perf_counter()
         sync(device)
-        if produced != tokens:
+        end = time.perf_counter()
+        if produced != tokens or first is None:
             raise RuntimeError(f"{variant}: produced {produced} of {tokens} tokens")
-        return time.perf_counter() - t0
+        return first - t0, (end - first) / max(1, tokens - 1)
 
     run(4)  # warm-up
     tpots, ttfts = [], []
     for _ in range(args.repeats):
-        one, many = run(1), run(args.output_len)
-        ttfts.append(one)
-        tpots.append((many - one) / (args.output_len - 1))
+        ttft, tpot = run(args.output_len)
+        ttfts.append(ttft)
+        tpots.append(tpot)
     graphs = core.runner.graphs
     res = {"variant": variant, "quantization": quant, "weight_bytes": built.info.weight_bytes,
            "load_s": load_s, "ttft_s": statistics.median(ttfts), "tpot_ms": 1e3 * statistics.median(tpots),
