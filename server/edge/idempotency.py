@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from server.edge.errors import ApiError, ClientGone, InvalidRequest
+from server.edge.media import read_body
 from server.edge.render import send_error
 from server.store import Store
 
@@ -155,7 +156,7 @@ class Idempotency:
             await self._error(send, err)
             return
         try:
-            body = await _read_body(receive)
+            body = await read_body(receive)
         except ClientGone:
             return
         key_id = scope.get("state", {}).get("key_id", "anonymous")
@@ -276,16 +277,6 @@ async def _follow(run: Running, send: Send, replayed: bool) -> None:
     except OSError:
         return
 
-
-async def _read_body(receive: Receive) -> bytes:
-    parts = []
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            raise ClientGone
-        parts.append(message.get("body", b""))
-        if not message.get("more_body"):
-            return b"".join(parts)
 
 
 class IdempotencyMiddleware:

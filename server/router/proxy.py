@@ -21,7 +21,7 @@ from starlette.types import Receive, Scope, Send
 
 from server.edge.errors import (ApiError, ClientGone, InternalError, InvalidRequest, NotReady, RateLimited,
                                 UpstreamError, UpstreamTimeout, validation_error)
-from server.edge.media import require_json
+from server.edge.media import read_body, require_json
 from server.edge.protocol import ChatCompletionRequest, CompletionRequest
 from server.edge.render import send_error, sse_error_event
 from server.router.core import Attempt, Router, new_request_id
@@ -213,16 +213,6 @@ def _client_gone(watch: _Watch | None) -> bool:
     return True
 
 
-async def _read_body(receive: Receive) -> bytes:
-    parts = []
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            raise ClientGone
-        parts.append(message.get("body", b""))
-        if not message.get("more_body"):
-            return parts[0] if len(parts) == 1 else b"".join(parts)
-
 
 async def _send_error(send: Send, err: ApiError) -> None:
     if not any(k.lower() == "x-edgefleet-node" for k in err.headers):
@@ -272,7 +262,7 @@ async def handle(router: Router, scope: Scope, receive: Receive, send: Send,
         if router.draining:
             raise shutting_down()
         require_json(headers.get(b"content-type"))
-        raw = await _read_body(receive)
+        raw = await read_body(receive)
         req = parse_body(raw, schema)
         key_id = scope.get("state", {}).get("key_id", "anonymous")
         prompt_tokens = estimate_prompt_tokens(req)

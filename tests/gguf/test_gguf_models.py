@@ -16,25 +16,11 @@ from server.engine.native.loader import load_model
 from server.gguf import open_gguf
 from server.gguf.convert import convert_to_hf, metadata_dir, source_record
 from server.gguf.weights import GgufWeights
+from tests.gguf.tinygguf import DenseOnly
 from tests.quality.lm import native_logits
 
 PROMPT = [5, 17, 200, 31, 999, 64, 7, 300, 12, 45, 46, 47, 48, 100, 101, 102, 103, 104]
 
-
-class DenseOnly:
-    """The same tensors with no int4 access: every matrix dequantized to floats."""
-
-    def __init__(self, ws: GgufWeights):
-        self.ws = ws
-
-    def __contains__(self, name: str) -> bool:
-        return name in self.ws
-
-    def get(self, name: str) -> torch.Tensor:
-        return self.ws.get(name)
-
-    def maybe(self, name: str):
-        return self.ws.maybe(name)
 
 
 @pytest.fixture(scope="module")

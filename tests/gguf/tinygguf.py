@@ -7,6 +7,9 @@ import json
 from pathlib import Path
 
 import numpy as np
+import torch
+
+from server.gguf.weights import GgufWeights
 
 # HF name pattern -> (GGUF name pattern, tensor type)
 MIX = {
@@ -106,3 +109,19 @@ def write_gguf(hf_dir: Path, out: Path, mix: dict[str, tuple[str, str]] = MIX, a
     w.write_tensors_to_file()
     w.close()
     return out
+
+class DenseOnly:
+    """GGUF tensors with no int4 access: every matrix dequantized to float32 (the
+    "dequantized float weights" the direct int4 path is compared against)."""
+
+    def __init__(self, ws: GgufWeights):
+        self.ws = ws
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.ws
+
+    def get(self, name: str) -> torch.Tensor:
+        return self.ws.get(name)
+
+    def maybe(self, name: str):
+        return self.ws.maybe(name)

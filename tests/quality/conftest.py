@@ -22,22 +22,6 @@ QUESTIONS = [
 MAX_TOKENS = 16
 
 
-class DenseOnly:
-    """GGUF tensors with no int4 access: every matrix dequantized to float32 (the
-    "dequantized float weights" every comparison is made against)."""
-
-    def __init__(self, ws):
-        self.ws = ws
-
-    def __contains__(self, name: str) -> bool:
-        return name in self.ws
-
-    def get(self, name: str) -> torch.Tensor:
-        return self.ws.get(name)
-
-    def maybe(self, name: str):
-        return self.ws.maybe(name)
-
 
 @pytest.fixture(scope="session")
 def smollm2() -> Path:

@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from server.engine.native.loader import load_model
-from tests.quality.conftest import MAX_TOKENS, QUESTIONS, DenseOnly, chat_ids
+from tests.gguf.tinygguf import DenseOnly
+from tests.quality.conftest import MAX_TOKENS, QUESTIONS, chat_ids
 from tests.quality.lm import native_logits, windowed_perplexity
 
 pytestmark = pytest.mark.e2e
