@@ -140,6 +140,8 @@ class KvFollower:
             self._inflight[node.url] = asyncio.ensure_future(self.follow(node))
 
     async def follow(self, node: Node) -> None:
+        for model in node.capacity.models if node.capacity is not None else []:
+            await self.tokenizer(node, model.id)  # cached after the first answer; off the request path
         kv = self.nodes.setdefault(node.url, NodeKv())
         cache = getattr(node.capacity, "cache", None)
         if cache is not None and cache.block_size > 0:
@@ -187,6 +189,12 @@ class KvFollower:
 
     # --- tokenizers -------------------------------------------------------------------
 
+    def ready_tokenizer(self, node: Node, model: str) -> TextTokenizer | None:
+        """The node's tokenizer if already fetched: the request path never waits on a node for
+        it (a hung node would hold every request); :meth:`follow` fetches it in the background."""
+        digest = self._specs.get((node.url, model))
+        return None if digest is None else self._tokenizers.get(digest)
+
     async def tokenizer(self, node: Node, model: str) -> TextTokenizer | None:
         key = (node.url, model)
         digest = self._specs.get(key)
@@ -228,7 +236,7 @@ class KvFollower:
         out: dict[str, int] = {}
         prompt_len: int | None = None
         for node, kv in live:
-            tok = await self.tokenizer(node, req.model)
+            tok = self.ready_tokenizer(node, req.model)
             if tok is None:
                 continue
             digest = self._specs[(node.url, req.model)]

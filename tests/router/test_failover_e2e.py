@@ -79,6 +79,7 @@ def test_refused_connection_before_first_byte_fails_over(launcher, backup):
     stream = c.chat.completions.with_raw_response.create(model="sim-model", messages=MSG, max_tokens=3, stream=True)
     assert stream.headers["x-edgefleet-node"] == "backup"
     assert "".join(ch.choices[0].delta.content or "" for ch in stream.parse() if ch.choices) == " tok" * 3
+    assert wait_until(lambda: audit(launcher, "r2"), timeout=10)  # written on the router's own thread
     line = audit(launcher, "r2")[-1]
     assert line["attempts"] == ["victim2:connect_error", "backup:ok"] and line["status"] == 200
     assert node_view(router, "victim2")["health"] == "open"
@@ -177,6 +178,7 @@ def test_overloaded_node_moves_request(launcher, backup, status):
                           default_headers={"X-Edgefleet-Zone": "z4"})
         raw = c.chat.completions.with_raw_response.create(model="sim-model", messages=MSG, max_tokens=2)
         assert raw.headers["x-edgefleet-node"] == "backup" and busy.posts == 1
+        assert wait_until(lambda: audit(launcher, name), timeout=10)  # written on the router's own thread
         assert audit(launcher, name)[-1]["attempts"] == [f"busy:http_{status}", "backup:ok"]
         # Pinned to the busy node there is nowhere to go: the client sees 503 with Retry-After.
         r = httpx.post(router.url + "/v1/chat/completions", json={"model": "sim-model", "messages": MSG},
@@ -264,7 +266,8 @@ def test_full_real_node_503_moves_request(launcher, backup):
                        headers={"X-Edgefleet-Zone": "z9"}, timeout=20, trust_env=False)
         assert r.status_code == 200 and r.headers["x-edgefleet-node"] == "backup"
     # (the hog's own line may come last: it ends after the request that failed over)
-    assert ["full9:http_503", "backup:ok"] in [line["attempts"] for line in audit(launcher, "r9")]
+    assert wait_until(lambda: ["full9:http_503", "backup:ok"] in [line["attempts"] for line in audit(launcher, "r9")],
+                      timeout=10)  # the router writes audit lines on its own thread
 
 
 def test_client_disconnect_during_non_streaming_call(launcher):
