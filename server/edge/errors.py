@@ -61,6 +61,20 @@ class NotFound(ApiError):
     code = "not_found"
 
 
+class KeyReused(ApiError):
+    """An Idempotency-Key sent again with another body or route: nothing is run."""
+
+    status_code = 422
+    code = "idempotency_key_reused"
+
+
+class ResultTooLarge(ApiError):
+    """The first call's result was too large to keep, so a retry cannot be answered from it."""
+
+    status_code = 409
+    code = "idempotency_result_too_large"
+
+
 class EventsGoneError(ApiError):
     """A KV-event cursor older than the node's ring: the consumer resyncs."""
 

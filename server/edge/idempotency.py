@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from server.edge.errors import ApiError, ClientGone, InvalidRequest
+from server.edge.errors import ApiError, ClientGone, InvalidRequest, KeyReused, ResultTooLarge
 from server.edge.media import read_body
 from server.edge.render import send_error
 from server.store import Store
@@ -39,16 +39,6 @@ log = logging.getLogger("edgefleet.idempotency")
 HEADER = b"idempotency-key"
 REPLAYED = (b"idempotency-replayed", b"true")
 MAX_KEY_LEN = 255
-
-
-class KeyReused(ApiError):
-    status_code = 422
-    code = "idempotency_key_reused"
-
-
-class ResultTooLarge(ApiError):
-    status_code = 409
-    code = "idempotency_result_too_large"
 
 
 @dataclass(slots=True)

@@ -202,16 +202,19 @@ class _Watch:
             self.task.cancel()
 
 
-def _client_gone(watch: _Watch | None) -> bool:
-    """Inside ``except CancelledError``: was it our watcher (then swallow it) or a real
-    cancellation (then re-raise)?"""
-    if watch is None or not watch.gone:
-        return False
-    me = asyncio.current_task()
-    assert me is not None
-    me.uncancel()
-    return True
+def _swallow_cancel(ours: bool) -> bool:
+    """Inside ``except CancelledError``: a cancellation we caused ourselves is swallowed (the
+    task goes on to answer or end); any other is for the caller to re-raise."""
+    if ours:
+        me = asyncio.current_task()
+        assert me is not None
+        me.uncancel()
+    return ours
 
+
+def _client_gone(watch: _Watch | None) -> bool:
+    """Was the cancellation our disconnect watcher's?"""
+    return _swallow_cancel(watch is not None and watch.gone)
 
 
 async def _send_error(send: Send, err: ApiError) -> None:
@@ -226,14 +229,8 @@ def shutting_down() -> NotReady:
 
 
 def _cut_here(ex: Exchange | None) -> bool:
-    """Inside ``except CancelledError``: did the shutdown drain end this exchange (then
-    swallow the cancellation and answer in band)?"""
-    if ex is None or not ex.cut:
-        return False
-    me = asyncio.current_task()
-    assert me is not None
-    me.uncancel()
-    return True
+    """Was the cancellation the shutdown drain's (then answer in band)?"""
+    return _swallow_cancel(ex is not None and ex.cut)
 
 
 def client_host(scope: Scope) -> str | None:
