@@ -34,9 +34,11 @@ class LazyGroup(click.Group):
         try:
             return getattr(importlib.import_module(module), attr)
         except (ImportError, AttributeError) as exc:  # a subcommand not built yet, or a broken install
-            @click.command(name=name, help=f"(unavailable: {exc})")
+            reason = str(exc)  # `exc` is unbound once the except block ends; the closure keeps the text
+
+            @click.command(name=name, help=f"(unavailable: {reason})")
             def unavailable() -> None:
-                raise click.ClickException(f"'{name}' is unavailable: {exc}")
+                raise click.ClickException(f"'{name}' is unavailable: {reason}")
             return unavailable
 
 
