@@ -99,8 +99,10 @@ class _Conn(asyncio.Protocol):
         self.closed = True
         resp = self.resp
         if resp is not None:
-            if exc is None and resp.until_close and resp.status:
-                resp.on_message_complete()  # a body without a length ends with the connection
+            if exc is None and resp.until_close and resp.status and resp._exc is None:
+                # A body without a length ends with the connection; not one that already
+                # failed (past a cap, say), whose close is ours and must not read as its end.
+                resp.on_message_complete()
             else:
                 resp.fail(Disconnected("The node closed the connection."))
 
@@ -145,6 +147,10 @@ class Response:
         self._wait_since = 0.0
 
     # --- httptools callbacks -------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        if self.eof:  # bytes after a complete response: stop parsing; the connection is not reused
+            raise BadResponse("The node sent data after its response.")
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self._raw_headers.append((name, value))
