@@ -73,7 +73,7 @@ class _Conn(asyncio.Protocol):
             resp.fail(BadResponse("The node answered with a protocol upgrade."))
             self.close()
         except httptools.HttpParserError as exc:
-            cause = exc.__context__ if isinstance(exc.__context__, ResponseTooLarge) else None
+            cause = exc.__context__ if isinstance(exc.__context__, BadResponse) else None
             resp.fail(cause or BadResponse(f"The node's response is not valid HTTP/1.1 ({exc})."))
             self.close()
 
@@ -158,7 +158,10 @@ class Response:
             raise ResponseTooLarge(f"The node's response has more than {self.pool.max_headers} headers.")
 
     def on_headers_complete(self) -> None:
-        self.status = self.parser.get_status_code()
+        status = self.parser.get_status_code()
+        if not 200 <= status <= 599:  # an interim 1xx (never asked for) or no HTTP status at all
+            raise BadResponse(f"The node answered with status {status}.")
+        self.status = status
         self.keep_alive = self.parser.should_keep_alive()
         self.headers = headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in self._raw_headers}
         self.until_close = ("content-length" not in headers and "chunked" not in headers.get("transfer-encoding", "")

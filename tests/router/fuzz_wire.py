@@ -218,7 +218,9 @@ def hostile(data) -> bytes:
     if kind == "binary":
         return data.draw(st.binary(max_size=2000), label="raw")
     if kind == "after_status":
-        return b"HTTP/1.1 200 OK\r\n" + data.draw(st.binary(max_size=2000), label="rest")
+        status = data.draw(st.sampled_from([b"200 OK", b"100 Continue", b"103 Early Hints", b"999 X", b"000 Y"]),
+                           label="status_line")
+        return b"HTTP/1.1 " + status + b"\r\n" + data.draw(st.binary(max_size=2000), label="rest")
     wf = well_formed(data)
     if kind == "trailing":  # a complete response, then more
         return wf.raw + data.draw(st.binary(min_size=1, max_size=200), label="trailing")
@@ -232,6 +234,7 @@ def check_hostile(data) -> None:
     raw = hostile(data)
     pieces = split(raw, cuts_for(data, raw))
     got = read(pool_args(pool), pieces)  # anything but UpstreamIOError propagates: a failure
+    assert got.error is not None or 200 <= got.status <= 599  # never a 1xx or a made-up status
     assert got.head_bytes <= pool.max_head_bytes
     assert len(got.body) <= pool.max_body_bytes
     if got.headers is not None:

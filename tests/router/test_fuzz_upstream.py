@@ -6,7 +6,7 @@ from __future__ import annotations
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from server.router.upstream import ResponseTooLarge
+from server.router.upstream import BadResponse, ResponseTooLarge
 from tests.router import fuzz_wire as fw
 
 BOUNDED = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -42,3 +42,12 @@ def test_regression_bytes_after_a_complete_response_are_not_parsed_into_it():
     for pieces in ([first + extra], [first, extra]):
         got = fw.read(CAPS, pieces)
         assert (got.error, got.status, got.body, got.pooled) == (None, 200, b"ok", 0)
+
+
+def test_an_interim_or_made_up_status_is_a_bad_response():
+    """A 1xx the router never asked for (it sends no Expect) would have been taken as the
+    answer: its empty body relayed to the client as status 100."""
+    for raw in (b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok",
+                b"HTTP/1.1 999 Nine\r\ncontent-length: 2\r\n\r\nok"):
+        got = fw.read(CAPS, [raw])
+        assert got.error is BadResponse and got.status == 0
