@@ -2,8 +2,9 @@
 
     PYTHONPATH=$PWD .venv/bin/python -m benchmarks.soak --minutes 30 --out /tmp/soak
 
-Workers keep ``--concurrency`` requests in flight through the router (more than the nodes'
-slots together, so nodes queue): streamed and whole answers, a share carrying an
+Workers keep ``--concurrency`` requests in flight through the router (twice the nodes'
+slots together, so the nodes queue: saturation is the nodes' slots, not the load
+generator's CPU; a sample shows the queues): streamed and whole answers, a share carrying an
 ``Idempotency-Key``, half of those sent twice (a retry at once, attaching to the running
 generation, or one after it finished, answered from the store). Every ``--sample-every``
 seconds the router's and each node's RSS and open file descriptors, and the router's asyncio
@@ -32,6 +33,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -96,14 +98,15 @@ def wait_ready(p: Proc, timeout: float = 60.0) -> None:
     raise RuntimeError(f"{p.name} not ready after {timeout} s:\n{p.log.read_text()[-3000:]}")
 
 
-def start_fleet(n_nodes: int, slots: int, workdir: Path) -> tuple[Proc, list[Proc]]:
+def start_fleet(n_nodes: int, slots: int, decode_ms: float, workdir: Path) -> tuple[Proc, list[Proc]]:
     nodes = []
     for i in range(n_nodes):
         state = workdir / f"node{i}"
         state.mkdir(exist_ok=True)
         nodes.append(spawn(f"node{i}", ["serve", "--engine", "sim", "--name", f"node{i}",
                                         "--served-model-name", MODEL, "--max-num-seqs", str(slots),
-                                        "--engine-option", "decode_ms=2", "--engine-option", "decode_ms_per_seq=0.05",
+                                        "--engine-option", f"decode_ms={decode_ms}",
+                                        "--engine-option", "decode_ms_per_seq=0.05",
                                         "--state-dir", str(state), "--log-level", "warning"], workdir))
     for n in nodes:
         wait_ready(n)
@@ -223,8 +226,11 @@ def sample(router: Proc, nodes: list[Proc], started: float, t: Tally) -> dict:
         row[f"{p.name}_fds"] = proc.num_fds()
     try:
         row.update({f"router_{k}": int(v) for k, v in router_gauges(router.url).items()})
+        for n in nodes:  # busy and queued on the nodes: saturation shows as a queue
+            adm = httpx.get(n.url + "/v1/capacity", timeout=10, trust_env=False).json()["admission"]
+            row[f"{n.name}_busy"], row[f"{n.name}_queued"] = adm.get("in_flight"), adm.get("queued")
     except httpx.HTTPError as exc:
-        row["router_metrics_error"] = str(exc)
+        row["metrics_error"] = str(exc)
     return row
 
 
@@ -269,12 +275,12 @@ def growth(rows: list[dict], key: str) -> dict:
 
 
 def run(minutes: float, nodes_n: int, slots: int, concurrency: int, every: float, warmup_s: float,
-        idem_share: float, rss_bound: float, out: Path | None) -> dict:
+        idem_share: float, rss_bound: float, out: Path | None, decode_ms: float = 20.0) -> dict:
     workdir = Path(tempfile.mkdtemp(prefix="edgefleet-soak-"))
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
         (out / "samples.jsonl").unlink(missing_ok=True)
-    router, nodes = start_fleet(nodes_n, slots, workdir)
+    router, nodes = start_fleet(nodes_n, slots, decode_ms, workdir)
     t = Tally()
     rows: list[dict] = []
     try:
@@ -295,6 +301,7 @@ def run(minutes: float, nodes_n: int, slots: int, concurrency: int, every: float
         fds = {p.name: [after[0][f"{p.name}_fds"], after[-1][f"{p.name}_fds"], max(r[f"{p.name}_fds"] for r in after)]
                for p in [router, *nodes]}
         tasks = [r["router_asyncio_tasks"] for r in after if "router_asyncio_tasks" in r]
+        queued = [sum(r.get(f"{n.name}_queued") or 0 for n in nodes) for r in after]
         doubled = sum(1 for c in t.ids.values() if c > 1)
         checks = {
             "rss_growth_under_bound": all(m["growth"] < rss_bound for m in mem.values()),
@@ -308,6 +315,7 @@ def run(minutes: float, nodes_n: int, slots: int, concurrency: int, every: float
         result = {
             "command": " ".join(sys.argv),
             "settings": {"minutes": minutes, "nodes": nodes_n, "slots_per_node": slots, "concurrency": concurrency,
+                         "decode_ms": decode_ms,
                          "sample_every_s": every, "warmup_s": warmup_s, "idempotency_share": idem_share,
                          "rss_bound": rss_bound},
             "elapsed_s": round(elapsed, 1), "requests_sent": t.sent, "generations": t.generations,
@@ -316,6 +324,8 @@ def run(minutes: float, nodes_n: int, slots: int, concurrency: int, every: float
             "retries_same_id": t.retries_same_id, "retries_other_id": t.retries_other_id,
             "statuses": {str(k): v for k, v in sorted(t.statuses.items())}, "errors": t.errors[:20],
             "error_count": len(t.errors), "rss": mem, "fds_after_warmup_end_max": fds,
+            "node_queue_sum": {"min": min(queued, default=None), "max": max(queued, default=None),
+                               "samples_with_queue": sum(1 for q in queued if q), "samples": len(queued)},
             "router_tasks": {"idle_before": idle_tasks, "min": min(tasks, default=None),
                              "max": max(tasks, default=None), "at_rest_after": rest["router_tasks"]},
             "at_rest": rest, "checks": checks, "ok": all(checks.values()), "samples": rows,
@@ -349,13 +359,17 @@ def markdown(r: dict) -> str:
                      f"{f[0]} / {f[1]} / {f[2]} |")
     rt = r["router_tasks"]
     lines += ["", f"Router asyncio tasks: idle {rt['idle_before']}, under load {rt['min']}-{rt['max']}, "
-                  f"after {rt['at_rest_after']}. At rest after the load: {json.dumps(r['at_rest'])}.", "",
+                  f"after {rt['at_rest_after']}. Requests queued on the nodes (sum) after warm-up: "
+                  f"{r['node_queue_sum']['min']}-{r['node_queue_sum']['max']}, non-zero in "
+                  f"{r['node_queue_sum']['samples_with_queue']} of {r['node_queue_sum']['samples']} samples. "
+                  f"At rest after the load: {json.dumps(r['at_rest'])}.", "",
               "| check | result |", "|---|---|", *(f"| {k} | {'pass' if v else 'FAIL'} |" for k, v in r["checks"].items()),
-              "", "Samples:", "", "| t (s) | sent | " + " | ".join(f"{n} RSS" for n in names) + " | router fds | tasks | open |",
-              "|---" * (len(names) + 5) + "|"]
+              "", "Samples:", "", "| t (s) | sent | " + " | ".join(f"{n} RSS" for n in names)
+              + " | router fds | tasks | open | queued |", "|---" * (len(names) + 6) + "|"]
     for s in r["samples"]:
         lines.append(f"| {s['t_s']} | {s['sent']} | " + " | ".join(str(s[f'{n}_rss_mib']) for n in names)
-                     + f" | {s['router_fds']} | {s.get('router_asyncio_tasks', '-')} | {s.get('router_open_exchanges', '-')} |")
+                     + f" | {s['router_fds']} | {s.get('router_asyncio_tasks', '-')} | {s.get('router_open_exchanges', '-')}"
+                     + f" | {sum(s.get(f'{n}_queued') or 0 for n in names[1:])} |")
     return "\n".join(lines) + "\n"
 
 
@@ -363,8 +377,9 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--minutes", type=float, default=30.0)
     ap.add_argument("--nodes", type=int, default=3)
-    ap.add_argument("--slots", type=int, default=16, help="--max-num-seqs of each node")
-    ap.add_argument("--concurrency", type=int, default=0, help="requests in flight (default: 1.5 x all slots)")
+    ap.add_argument("--slots", type=int, default=4, help="--max-num-seqs of each node")
+    ap.add_argument("--decode-ms", type=float, default=20.0, help="the sim engine's decode step")
+    ap.add_argument("--concurrency", type=int, default=0, help="requests in flight (default: 2 x all slots)")
     ap.add_argument("--sample-every", type=float, default=10.0)
     ap.add_argument("--warmup", type=float, default=None, help="seconds (default: 10 %% of the run, at most 120)")
     ap.add_argument("--idempotency-share", type=float, default=0.3)
@@ -372,8 +387,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=None)
     a = ap.parse_args(argv)
     warmup = a.warmup if a.warmup is not None else min(120.0, a.minutes * 6)
-    result = run(a.minutes, a.nodes, a.slots, a.concurrency or int(1.5 * a.nodes * a.slots), a.sample_every,
-                 warmup, a.idempotency_share, a.rss_bound, a.out)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so the fleet is stopped on the way out
+    result = run(a.minutes, a.nodes, a.slots, a.concurrency or 2 * a.nodes * a.slots, a.sample_every,
+                 warmup, a.idempotency_share, a.rss_bound, a.out, a.decode_ms)
     print(markdown(result))
     print(json.dumps({k: result[k] for k in ("checks", "ok")}, indent=2))
     return 0 if result["ok"] else 1
