@@ -351,7 +351,8 @@ def markdown(r: dict) -> str:
              f"{r['generations']} generations, nodes finished {r['node_finished_requests']}; "
              f"statuses {r['statuses']}; retries answered with the first id {r['retries_same_id']}, "
              f"with another {r['retries_other_id']}; ids answered twice {r['ids_answered_twice']}.", "",
-             "| process | RSS after warm-up (MiB) | RSS end (MiB) | RSS max (MiB) | growth | fds after warm-up / end / max |",
+             "| process | RSS after warm-up (MiB) | RSS end (MiB) | RSS max (MiB) | growth "
+             "| fds after warm-up / end / max |",
              "|---|---|---|---|---|---|"]
     for n in names:
         m, f = r["rss"][n], r["fds_after_warmup_end_max"][n]
@@ -363,12 +364,14 @@ def markdown(r: dict) -> str:
                   f"{r['node_queue_sum']['min']}-{r['node_queue_sum']['max']}, non-zero in "
                   f"{r['node_queue_sum']['samples_with_queue']} of {r['node_queue_sum']['samples']} samples. "
                   f"At rest after the load: {json.dumps(r['at_rest'])}.", "",
-              "| check | result |", "|---|---|", *(f"| {k} | {'pass' if v else 'FAIL'} |" for k, v in r["checks"].items()),
+              "| check | result |", "|---|---|",
+              *(f"| {k} | {'pass' if v else 'FAIL'} |" for k, v in r["checks"].items()),
               "", "Samples:", "", "| t (s) | sent | " + " | ".join(f"{n} RSS" for n in names)
               + " | router fds | tasks | open | queued |", "|---" * (len(names) + 6) + "|"]
     for s in r["samples"]:
         lines.append(f"| {s['t_s']} | {s['sent']} | " + " | ".join(str(s[f'{n}_rss_mib']) for n in names)
-                     + f" | {s['router_fds']} | {s.get('router_asyncio_tasks', '-')} | {s.get('router_open_exchanges', '-')}"
+                     + f" | {s['router_fds']} | {s.get('router_asyncio_tasks', '-')}"
+                     + f" | {s.get('router_open_exchanges', '-')}"
                      + f" | {sum(s.get(f'{n}_queued') or 0 for n in names[1:])} |")
     return "\n".join(lines) + "\n"
 
