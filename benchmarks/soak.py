@@ -212,10 +212,15 @@ def router_gauges(url: str) -> dict[str, float]:
     return {m.group(1).decode().removeprefix("edgefleet_router_"): float(m.group(2)) for m in _METRIC.finditer(text)}
 
 
-def node_success(url: str) -> float:
+def node_metric(url: str, name: str) -> float:
+    """The sum of a metric's series on a node's /metrics."""
     text = httpx.get(url + "/metrics", timeout=10, trust_env=False).text
     return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-               if line.startswith("vllm:request_success_total"))
+               if line.startswith(name) and line[len(name)] in " {")
+
+
+def node_success(url: str) -> float:
+    return node_metric(url, "vllm:request_success_total")
 
 
 def sample(router: Proc, nodes: list[Proc], started: float, t: Tally) -> dict:
@@ -229,6 +234,7 @@ def sample(router: Proc, nodes: list[Proc], started: float, t: Tally) -> dict:
         for n in nodes:  # busy and queued on the nodes: saturation shows as a queue
             adm = httpx.get(n.url + "/v1/capacity", timeout=10, trust_env=False).json()["admission"]
             row[f"{n.name}_busy"], row[f"{n.name}_queued"] = adm.get("in_flight"), adm.get("queued")
+            row[f"{n.name}_tasks"] = int(node_metric(n.url, "edgefleet_asyncio_tasks"))
     except httpx.HTTPError as exc:
         row["metrics_error"] = str(exc)
     return row
@@ -259,6 +265,7 @@ def settle(router: Proc, nodes: list[Proc], timeout: float = 20.0) -> dict:
             "node_in_flight": [c["admission"].get("in_flight") for c in caps],
             "node_queued": [c["admission"].get("queued") for c in caps],
             "router_tasks": int(gauges.get("asyncio_tasks", -1)),
+            "node_tasks": [int(node_metric(n.url, "edgefleet_asyncio_tasks")) for n in nodes],
         }
         rest = (state["router_open_exchanges"] == 0 and not any(state["router_node_inflight"].values())
                 and not any(state["node_in_flight"]) and not any(state["node_queued"]))
@@ -285,6 +292,7 @@ def run(minutes: float, nodes_n: int, slots: int, concurrency: int, every: float
     rows: list[dict] = []
     try:
         idle_tasks = int(router_gauges(router.url).get("asyncio_tasks", -1))
+        idle_node_tasks = [int(node_metric(n.url, "edgefleet_asyncio_tasks")) for n in nodes]
         started = time.monotonic()
         until = started + minutes * 60
 
@@ -310,7 +318,8 @@ def run(minutes: float, nodes_n: int, slots: int, concurrency: int, every: float
             "retries_same_id": t.retries_other_id == 0,
             "nodes_ran_each_generation_once": int(success) == t.generations,
             "counters_at_rest": rest["at_rest"],
-            "tasks_back_to_idle": rest["router_tasks"] <= idle_tasks + 2,
+            "tasks_back_to_idle": rest["router_tasks"] <= idle_tasks + 2
+                                  and all(a <= b + 2 for a, b in zip(rest["node_tasks"], idle_node_tasks)),
         }
         result = {
             "command": " ".join(sys.argv),
@@ -326,6 +335,9 @@ def run(minutes: float, nodes_n: int, slots: int, concurrency: int, every: float
             "error_count": len(t.errors), "rss": mem, "fds_after_warmup_end_max": fds,
             "node_queue_sum": {"min": min(queued, default=None), "max": max(queued, default=None),
                                "samples_with_queue": sum(1 for q in queued if q), "samples": len(queued)},
+            "node_tasks": {n.name: {"idle_before": idle_node_tasks[i],
+                                    "max": max((r.get(f"{n.name}_tasks", 0) for r in after), default=None),
+                                    "at_rest_after": rest["node_tasks"][i]} for i, n in enumerate(nodes)},
             "router_tasks": {"idle_before": idle_tasks, "min": min(tasks, default=None),
                              "max": max(tasks, default=None), "at_rest_after": rest["router_tasks"]},
             "at_rest": rest, "checks": checks, "ok": all(checks.values()), "samples": rows,
@@ -360,7 +372,10 @@ def markdown(r: dict) -> str:
                      f"{f[0]} / {f[1]} / {f[2]} |")
     rt = r["router_tasks"]
     lines += ["", f"Router asyncio tasks: idle {rt['idle_before']}, under load {rt['min']}-{rt['max']}, "
-                  f"after {rt['at_rest_after']}. Requests queued on the nodes (sum) after warm-up: "
+                  f"after {rt['at_rest_after']}. Node asyncio tasks (idle / max under load / after): "
+                  + ", ".join(f"{k} {v['idle_before']} / {v['max']} / {v['at_rest_after']}"
+                              for k, v in r.get("node_tasks", {}).items())
+                  + f". Requests queued on the nodes (sum) after warm-up: "
                   f"{r['node_queue_sum']['min']}-{r['node_queue_sum']['max']}, non-zero in "
                   f"{r['node_queue_sum']['samples_with_queue']} of {r['node_queue_sum']['samples']} samples. "
                   f"At rest after the load: {json.dumps(r['at_rest'])}.", "",
