@@ -15,6 +15,7 @@ from typing import Any
 
 MAX_LINE = 64 * 1024  # a longer SSE line still counts as an event, but is not parsed for usage
 _EVENT = b"data: {"
+_NL_EVENT = b"\n" + _EVENT
 
 
 class SseTally:
@@ -33,6 +34,11 @@ class SseTally:
         self._long_event = False  # ... and it starts like an event
 
     def feed(self, chunk: bytes) -> None:
+        if chunk[-1:] == b"\n" and not self._size and not self._long:  # whole lines: the usual case, inline
+            self.events += chunk.count(_NL_EVENT) + chunk.startswith(_EVENT)
+            if b'"usage"' in chunk:
+                self._usage_in(chunk)
+            return
         nl = chunk.rfind(b"\n")
         if nl < 0:
             self._grow(chunk)
@@ -59,12 +65,15 @@ class SseTally:
 
     def _lines(self, block: bytes) -> None:
         """Whole lines (``block`` starts a line and ends with a newline)."""
-        self.events += block.count(b"\n" + _EVENT) + block.startswith(_EVENT)
+        self.events += block.count(_NL_EVENT) + block.startswith(_EVENT)
         if b'"usage"' in block:
-            for line in reversed(block.split(b"\n")):
-                if line.startswith(_EVENT) and b'"usage"' in line and len(line) <= MAX_LINE:
-                    self.usage_line = line
-                    break
+            self._usage_in(block)
+
+    def _usage_in(self, block: bytes) -> None:
+        for line in reversed(block.split(b"\n")):
+            if line.startswith(_EVENT) and b'"usage"' in line and len(line) <= MAX_LINE:
+                self.usage_line = line
+                return
 
     def _grow(self, piece: bytes) -> None:
         if self._long or not piece:
