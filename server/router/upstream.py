@@ -89,7 +89,7 @@ class _Conn(asyncio.Protocol):
             piece, data = (data, b"") if len(data) <= room else (data[:room], data[room:])
             resp.head_bytes += len(piece)
             resp.parser.feed_data(piece)
-        if data and not resp.eof and resp._exc is None:
+        if data and resp._exc is None:  # after a complete response, on_message_begin refuses it
             resp.parser.feed_data(data)
 
     def eof_received(self) -> bool:

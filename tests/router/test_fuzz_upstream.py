@@ -44,6 +44,17 @@ def test_regression_bytes_after_a_complete_response_are_not_parsed_into_it():
         assert (got.error, got.status, got.body, got.pooled) == (None, 200, b"ok", 0)
 
 
+def test_regression_a_byte_after_a_response_in_the_packet_the_head_cap_cut_closes_the_connection():
+    """Found by the 10-minute fuzz run: when the head cap cut a packet holding a whole
+    response and one more byte, the byte was dropped and the connection went back to the
+    pool (split at the head, the same bytes closed it)."""
+    raw = b"HTTP/1.1 200 OK\r\n0: 000\r\ncontent-length: 7\r\n\r\n" + b"\x00" * 8
+    caps = {"read_timeout": None, "max_head_bytes": 53, "max_headers": 2, "max_body_bytes": 7}
+    for pieces in ([raw], fw.split(raw, [46])):
+        got = fw.read(caps, pieces)
+        assert (got.error, got.status, got.body, got.pooled) == (None, 200, b"\x00" * 7, 0)
+
+
 def test_an_interim_or_made_up_status_is_a_bad_response():
     """A 1xx the router never asked for (it sends no Expect) would have been taken as the
     answer: its empty body relayed to the client as status 100."""
