@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 from server.router import proxy
 from server.router.core import Router, RouterSettings
 from server.router.relay_scan import SseTally
-from server.router.upstream import Response, ResponseTooLarge, UpstreamIOError, UpstreamPool, _Conn
+from server.router.upstream import BadResponse, Response, ResponseTooLarge, UpstreamIOError, UpstreamPool, _Conn
 from tests.router.helpers import node as make_node
 
 FRAMING = ("length", "chunked", "close")
@@ -65,6 +65,13 @@ class Outcome:
 
     def same(self) -> tuple:
         return self.error, self.status, self.headers, self.body, self.pooled
+
+    def same_failure_kind(self) -> tuple:
+        """For bytes both past a cap and malformed: which of the two httptools reports first
+        depends on where a read ended (it hands a header over only once the next one starts),
+        so both count as a bad response here."""
+        error = BadResponse if self.error is ResponseTooLarge else self.error
+        return error, self.status, self.headers, self.body, self.pooled
 
 
 def split(raw: bytes, cuts: list[int]) -> list[bytes]:
@@ -239,7 +246,7 @@ def check_hostile(data) -> None:
     assert len(got.body) <= pool.max_body_bytes
     if got.headers is not None:
         assert len(got.headers) <= pool.max_headers
-    assert got.same() == read(pool_args(pool), [raw]).same()
+    assert got.same_failure_kind() == read(pool_args(pool), [raw]).same_failure_kind()
 
 
 # --- the SSE relay -------------------------------------------------------------------------

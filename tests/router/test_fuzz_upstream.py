@@ -62,3 +62,16 @@ def test_an_interim_or_made_up_status_is_a_bad_response():
                 b"HTTP/1.1 999 Nine\r\ncontent-length: 2\r\n\r\nok"):
         got = fw.read(CAPS, [raw])
         assert got.error is BadResponse and got.status == 0
+
+
+def test_bytes_past_a_cap_and_malformed_fail_either_way_however_split():
+    """Found by the fourth long run: a head over its header cap (0 here) whose next header
+    name holds a NUL fails as ResponseTooLarge when a read ends inside that name (httptools
+    hands a header over once the next one starts) and as BadResponse when it does not. Both
+    are refusals of the same response with the connection closed; the property compares them
+    as one kind."""
+    raw = b"HTTP/1.1 200 \x00hatever It Says\r\n0: \r\nc\x00ntent-length: 0\r\n\r\n"
+    caps = {"read_timeout": None, "max_head_bytes": 38, "max_headers": 0, "max_body_bytes": 0}
+    split, whole = fw.read(caps, fw.split(raw, [37])), fw.read(caps, [raw])
+    assert issubclass(split.error, BadResponse) and issubclass(whole.error, BadResponse)
+    assert split.same_failure_kind() == whole.same_failure_kind() and split.pooled == whole.pooled == 0
