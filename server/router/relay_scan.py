@@ -16,6 +16,9 @@ from typing import Any
 MAX_LINE = 64 * 1024  # a longer SSE line still counts as an event, but is not parsed for usage
 _EVENT = b"data: {"
 _NL_EVENT = b"\n" + _EVENT
+# A "usage" key, not the word in generated text: inside a JSON string a quote is escaped, so
+# the text "usage" reads "usage" then '}' or ',', never ':' (a model writing usage is common).
+_USAGE = b'"usage":'
 
 
 class SseTally:
@@ -36,7 +39,7 @@ class SseTally:
     def feed(self, chunk: bytes) -> None:
         if chunk[-1:] == b"\n" and not self._size and not self._long:  # whole lines: the usual case, inline
             self.events += chunk.count(_NL_EVENT) + chunk.startswith(_EVENT)
-            if b'"usage"' in chunk:
+            if _USAGE in chunk:
                 self._usage_in(chunk)
             return
         nl = chunk.rfind(b"\n")
@@ -66,12 +69,12 @@ class SseTally:
     def _lines(self, block: bytes) -> None:
         """Whole lines (``block`` starts a line and ends with a newline)."""
         self.events += block.count(_NL_EVENT) + block.startswith(_EVENT)
-        if b'"usage"' in block:
+        if _USAGE in block:
             self._usage_in(block)
 
     def _usage_in(self, block: bytes) -> None:
         for line in reversed(block.split(b"\n")):
-            if line.startswith(_EVENT) and b'"usage"' in line and len(line) <= MAX_LINE:
+            if line.startswith(_EVENT) and _USAGE in line and len(line) <= MAX_LINE:
                 self.usage_line = line
                 return
 
@@ -92,7 +95,7 @@ class SseTally:
             line = b"".join(self._parts)
             if line.startswith(_EVENT):
                 self.events += 1
-                if b'"usage"' in line:
+                if _USAGE in line:
                     self.usage_line = line
         self._parts.clear()
         self._size = 0

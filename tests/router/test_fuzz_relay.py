@@ -41,6 +41,16 @@ def test_regression_an_event_split_across_reads_counts_once_and_its_usage_is_fou
         assert fw.tally([stream[:cut], stream[cut:]])[::2] == (2, usage), cut
 
 
+def test_regression_a_token_reading_usage_does_not_hide_the_usage_event():
+    """Found by the fifth long run: the scan took the last line containing ``"usage"``, so a
+    delta whose text was the word usage, after the usage event, hid the node's counts."""
+    stream = (b'data: {"choices":[],"usage":{"prompt_tokens":9,"completion_tokens":2}}\n\n'
+              b'data: {"choices":[{"delta":{"content":"usage"}}]}\n\n'
+              b'data: {"choices":[{"delta":{"content":"\\"usage\\": none"}}]}\n\n')
+    for pieces in ([stream], fw.split(stream, [40, 90])):
+        assert fw.tally(pieces)[::2] == (3, {"prompt_tokens": 9, "completion_tokens": 2})
+
+
 def test_a_line_past_max_line_counts_but_is_not_parsed_however_split():
     line = b'data: {"usage":{"completion_tokens":1},"pad":"' + b"x" * MAX_LINE + b'"}\n\n'
     for pieces in ([line], fw.split(line, [3, 10, MAX_LINE // 2, MAX_LINE + 20])):
