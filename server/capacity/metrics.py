@@ -48,6 +48,8 @@ class NodeMetrics:
                                ["max_lora", "running_lora_adapters", "waiting_lora_adapters"], registry=r)
         self.state = Gauge("edgefleet_node_state", "1 for the node's current state.", ["state"], registry=r)
         self.in_flight = Gauge("edgefleet_requests_in_flight", "Requests admitted and not finished.", registry=r)
+        self.tasks = Gauge("edgefleet_asyncio_tasks", "asyncio tasks alive in the node's event loop (set per scrape).",
+                           registry=r)
         self.rejected = Counter("edgefleet_requests_rejected", "Requests refused at admission.", ["reason"],
                                 registry=r)
         acc = ["index", "kind", "name"]

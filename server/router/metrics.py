@@ -46,6 +46,12 @@ class RouterMetrics:
                                     "Streams ended in band because the shutdown drain timed out",
                                     registry=self.registry)
 
+        # For the soak (scripts/soak.py): leaks show here first.
+        self.tasks = Gauge("edgefleet_router_asyncio_tasks", "asyncio tasks alive in the router's event loop",
+                           registry=self.registry)
+        self.open_exchanges = Gauge("edgefleet_router_open_exchanges",
+                                    "Proxied requests admitted and not yet finished", registry=self.registry)
+
         self._outcomes: dict[tuple[str, int], Any] = {}
 
     def observe(self, node: str, status: int, seconds: float) -> None:

@@ -27,6 +27,7 @@ from server.edge.render import send_error, sse_error_event
 from server.router.core import Attempt, Router, new_request_id
 from server.router.limits import KeyUsage, Limited
 from server.router.registry import Node
+from server.router.relay_scan import SseTally, count_of, usage_of
 from server.router.session import CLAMPED_HEADER, RouteContext, build_context, cached_tokens_of, on_reported, on_routed
 from server.router.upstream import Response as UpstreamResponse
 from server.router.upstream import ResponseTooLarge, UpstreamIOError
@@ -100,10 +101,14 @@ class Exchange:
             router.streams[self] = task  # the shutdown drain waits for it, then ends it in band
 
     def take_usage(self, usage: dict[str, Any] | None) -> None:
+        """The node's own counts; a count that is not a non-negative int (a rogue or buggy
+        node) keeps the router's estimate rather than failing the request."""
         if isinstance(usage, dict):
-            self.prompt_tokens = int(usage.get("prompt_tokens") or self.prompt_tokens)
-            self.completion_tokens = int(usage.get("completion_tokens") or 0)
-            self.estimated = False
+            prompt, completion = count_of(usage.get("prompt_tokens")), count_of(usage.get("completion_tokens"))
+            if prompt is not None or completion is not None:
+                self.prompt_tokens = prompt or self.prompt_tokens
+                self.completion_tokens = completion or 0
+                self.estimated = False
             if self.route is not None:
                 self.route.reported_cached_tokens = cached_tokens_of(usage)
 
@@ -151,16 +156,6 @@ class Exchange:
 def _error_event(err: ApiError) -> bytes:
     # The blank line first ends whatever event the node left half-sent.
     return b"\n\n" + sse_error_event(err)
-
-
-def _last_usage(chunk: bytes) -> dict[str, Any] | None:
-    for line in reversed(chunk.split(b"\n")):
-        if line.startswith(b"data: {") and b'"usage"' in line:
-            try:
-                return json.loads(line[6:]).get("usage")
-            except ValueError:
-                return None
-    return None
 
 
 class _Watch:
@@ -346,17 +341,18 @@ async def _relay(ex: Exchange, watch: _Watch, send: Send, head: list[tuple[bytes
     assert ex.resp is not None and ex.node is not None
     try:
         await send({"type": "http.response.start", "status": ex.status, "headers": head})
-        usage_event = b""
+        tally = SseTally()  # events and usage, whatever way the node's reads split them
         try:
             next_chunk = ex.resp.next_chunk
             while chunk := await next_chunk():
                 if ex.ttft_ms is None:
                     ex.ttft_ms = (time.monotonic() - ex.started) * 1000.0
-                if b'"usage"' in chunk:
-                    usage_event = chunk
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
                 # Counted once relayed: a cut or a client gone leaves the count of what it got.
-                ex.completion_tokens += chunk.count(b"data: {")
+                tally.feed(chunk)
+                ex.completion_tokens = tally.events
+            tally.close()
+            ex.completion_tokens = tally.events
         except asyncio.CancelledError:
             if not _cut_here(ex):
                 raise
@@ -378,8 +374,8 @@ async def _relay(ex: Exchange, watch: _Watch, send: Send, head: list[tuple[bytes
             await send({"type": "http.response.body", "more_body": True, "body": _error_event(err)})
         watch.disarm()
         await send({"type": "http.response.body", "body": b"", "more_body": False})
-        if usage_event and ex.error is None:
-            ex.take_usage(_last_usage(usage_event))
+        if tally.usage_line is not None and ex.error is None:
+            ex.take_usage(tally.usage())
     except asyncio.CancelledError:
         if not _client_gone(watch):
             watch.stop()
@@ -429,10 +425,7 @@ async def _whole(ex: Exchange, watch: _Watch, scope: Scope, receive: Receive, se
     watch.disarm()
     ex.ttft_ms = (time.monotonic() - ex.started) * 1000.0
     if ex.status == 200 and b'"usage"' in body:
-        try:
-            ex.take_usage(json.loads(body).get("usage"))
-        except (ValueError, AttributeError):
-            pass
+        ex.take_usage(usage_of(body))
     await ex.finish()
     head.append((b"content-length", str(len(body)).encode()))
     await send({"type": "http.response.start", "status": ex.status, "headers": head})

@@ -8,6 +8,7 @@ are plain functions: the MCP tools read the same data through them.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Annotated, Any
 
@@ -182,5 +183,7 @@ async def ready(router: Fleet) -> JSONResponse:
 
 @routes.get("/metrics")
 async def metrics(router: AdminFleet) -> Response:
+    router.metrics.tasks.set(len(asyncio.all_tasks()))
+    router.metrics.open_exchanges.set(len(router.streams))
     body = router.metrics.render(router.registry.nodes(), time.monotonic())
     return Response(body, media_type="text/plain; version=0.0.4")

@@ -73,7 +73,7 @@ class _Conn(asyncio.Protocol):
             resp.fail(BadResponse("The node answered with a protocol upgrade."))
             self.close()
         except httptools.HttpParserError as exc:
-            cause = exc.__context__ if isinstance(exc.__context__, ResponseTooLarge) else None
+            cause = exc.__context__ if isinstance(exc.__context__, BadResponse) else None
             resp.fail(cause or BadResponse(f"The node's response is not valid HTTP/1.1 ({exc})."))
             self.close()
 
@@ -89,7 +89,7 @@ class _Conn(asyncio.Protocol):
             piece, data = (data, b"") if len(data) <= room else (data[:room], data[room:])
             resp.head_bytes += len(piece)
             resp.parser.feed_data(piece)
-        if data and not resp.eof and resp._exc is None:
+        if data and resp._exc is None:  # after a complete response, on_message_begin refuses it
             resp.parser.feed_data(data)
 
     def eof_received(self) -> bool:
@@ -99,8 +99,10 @@ class _Conn(asyncio.Protocol):
         self.closed = True
         resp = self.resp
         if resp is not None:
-            if exc is None and resp.until_close and resp.status:
-                resp.on_message_complete()  # a body without a length ends with the connection
+            if exc is None and resp.until_close and resp.status and resp._exc is None:
+                # A body without a length ends with the connection; not one that already
+                # failed (past a cap, say), whose close is ours and must not read as its end.
+                resp.on_message_complete()
             else:
                 resp.fail(Disconnected("The node closed the connection."))
 
@@ -146,13 +148,20 @@ class Response:
 
     # --- httptools callbacks -------------------------------------------------------------
 
+    def on_message_begin(self) -> None:
+        if self.eof:  # bytes after a complete response: stop parsing; the connection is not reused
+            raise BadResponse("The node sent data after its response.")
+
     def on_header(self, name: bytes, value: bytes) -> None:
         self._raw_headers.append((name, value))
         if len(self._raw_headers) > self.pool.max_headers:
             raise ResponseTooLarge(f"The node's response has more than {self.pool.max_headers} headers.")
 
     def on_headers_complete(self) -> None:
-        self.status = self.parser.get_status_code()
+        status = self.parser.get_status_code()
+        if not 200 <= status <= 599:  # an interim 1xx (never asked for) or no HTTP status at all
+            raise BadResponse(f"The node answered with status {status}.")
+        self.status = status
         self.keep_alive = self.parser.should_keep_alive()
         self.headers = headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in self._raw_headers}
         self.until_close = ("content-length" not in headers and "chunked" not in headers.get("transfer-encoding", "")
