@@ -5,6 +5,8 @@ OpenAI envelope) lives in tests/openapi_fuzz.py, shared with the in-process run.
 
 from __future__ import annotations
 
+import os
+
 import httpx
 import pytest
 
@@ -18,7 +20,9 @@ NODE_KEY, CLIENT_KEY, ADMIN_KEY = "fuzz-node-key", "fuzz-client-key", "fuzz-admi
 # Fast sim timing: a positive case may ask for hundreds of tokens; max_model_len bounds them.
 SIM = {"decode_ms": 0.1, "decode_ms_per_seq": 0.0, "prefill_tokens_per_s": 1e6, "max_model_len": 512}
 PROXIED = ("/v1/chat/completions", "/v1/completions")
-EXAMPLES = 10  # per operation and mode: the runs together stay under a minute on 2 busy cores
+# Per operation and mode: the runs together stay under a minute on 2 busy cores. A longer
+# hunt: EDGEFLEET_FUZZ_EXAMPLES=200 pytest tests/e2e/test_schemathesis_http.py
+EXAMPLES = int(os.environ.get("EDGEFLEET_FUZZ_EXAMPLES", "10"))
 
 
 @pytest.fixture(scope="module")
