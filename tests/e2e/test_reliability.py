@@ -145,7 +145,8 @@ def test_a10_bad_messages_name_the_param(target, messages, param):
 def test_a11_huge_declared_body_is_refused_before_reading(target):
     with socket.create_connection(("127.0.0.1", target.port), timeout=10) as s:
         s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-                  b"Authorization: " + target.headers["Authorization"].encode() + b"\r\nContent-Length: 52428800\r\n\r\n")
+                  b"Authorization: " + target.headers["Authorization"].encode()
+                  + b"\r\nContent-Length: 52428800\r\n\r\n")
         s.sendall(b"{" * 1024)
         reply = s.recv(4096)
     assert reply.startswith(b"HTTP/1.1 413")
