@@ -213,13 +213,22 @@ class LimitedHttpProtocol(HttpToolsProtocol):
                 self.handle_websocket_upgrade()
             else:
                 self._unsupported_upgrade_warning()
-        except httptools.HttpParserError:
+        except httptools.HttpParserError as exc:
             if self._refused:  # raised from on_header: the parser wraps it
                 self._refuse(431, "Request Header Fields Too Large", "Too many request headers (at most "
                              f"{self.limits.max_headers}).", "request_header_fields_too_large")
                 return
+            # uvicorn answers a bare text/plain 400 here; every refusal is an envelope. The
+            # parser may fail after a head was handed to the app (a bad Transfer-Encoding):
+            # that request gets the 400, its app's sends are dropped.
             self.logger.warning("Invalid HTTP request received.")
-            self.send_400_response("Invalid HTTP request received.")
+            cycle = self.cycle
+            if cycle is not None and not cycle.response_started:
+                cycle.disconnected = True
+                cycle.message_event.set()
+            busy = cycle is not None and cycle.response_started and not cycle.response_complete
+            self._refuse(400, "Bad Request", f"Invalid HTTP request: {str(exc)[:100]}.", "invalid_http_request",
+                         busy=busy)
 
     # --- parser callbacks ----------------------------------------------------------------
 

@@ -17,6 +17,7 @@ from typing import Any
 import httpx
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
 from mcp.server.transport_security import TransportSecuritySettings
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -30,7 +31,8 @@ from server.router.config import RouterSettings
 from server.router.core import Router
 from server.router.mcp_tools import build_mcp
 from server.router.persist import Persistence
-from server.router.routes import PROXY_ROUTES, fleet_view, models_view, pick_view, proxy_routes, routes
+from server.router.routes import (PROXY_ROUTES, fleet_view, models_view, pick_view, proxy_docs, proxy_routes,
+                                  routes)
 from server.router.proxy import parse_body
 from server.router.session import pick_info
 from server.router.warm import warm_model
@@ -149,6 +151,14 @@ def create_app(settings: RouterSettings) -> tuple[ASGIApp, Router]:
     proxies = proxy_routes(router)
     inner.router.routes.extend(proxies)  # FastPath serves them; here they keep the app's 405s whole
     fast = FastPath(RouterHeader(inner), proxies)
+
+    def openapi() -> dict[str, Any]:  # the proxy endpoints too, with the node's request bodies
+        if inner.openapi_schema is None:
+            inner.openapi_schema = get_openapi(title=inner.title, version=inner.version,
+                                               routes=[*proxy_docs(), *inner.routes])
+        return inner.openapi_schema
+
+    inner.openapi = openapi
 
     inner.state.mcp = mcp = build_mcp(LocalBackend(router, fast))
     # Host/Origin and auth are checked by SecurityMiddleware for /mcp like any other route.

@@ -9,10 +9,12 @@ are plain functions: the MCP tools read the same data through them.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import time
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request
+from fastapi.routing import APIRoute
 from fastapi.responses import JSONResponse, Response
 from starlette.routing import Route
 
@@ -33,6 +35,20 @@ def proxy_routes(router: Router) -> list[Route]:
     """The proxy endpoints, built once: the app mounts these routes (its 405s stay whole) and
     :class:`server.router.app.FastPath` calls the same endpoints without the app's layers."""
     return [Route(path, ProxyEndpoint(router, schema), methods=["POST"]) for path, schema in PROXY_ROUTES.items()]
+
+
+def proxy_docs() -> list[APIRoute]:
+    """The proxy endpoints as the router's /openapi.json documents them (their request bodies
+    are the node's): these routes are never mounted, FastPath serves the paths."""
+    docs = []
+    for path, schema in PROXY_ROUTES.items():
+        async def endpoint(body): ...  # pragma: no cover - documentation only
+
+        endpoint.__signature__ = inspect.Signature(
+            [inspect.Parameter("body", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=schema)])
+        name = "create_" + path.removeprefix("/v1/").replace("/", "_")
+        docs.append(APIRoute(path, endpoint, methods=["POST"], name=name, summary=name.replace("_", " ").title()))
+    return docs
 
 
 def get_router(request: Request) -> Router:
@@ -127,7 +143,8 @@ async def pick(router: Fleet, request: Request, model: str,
     return view if is_admin(router, request.scope) else redact_pick(view)
 
 
-@routes.post("/v1/fleet/pick")
+@routes.post("/v1/fleet/pick", openapi_extra={"requestBody": {"required": True, "content": {"application/json": {
+    "schema": {"$ref": "#/components/schemas/ChatCompletionRequest"}}}}})
 async def pick_for(router: Fleet, request: Request) -> dict[str, Any]:
     """The pick for a whole chat request (messages, tools, session header, priority): what
     the proxy would do with it, without sending it."""

@@ -31,3 +31,20 @@ def test_prompt_estimate():
     assert 1000 <= estimate_prompt_tokens(chat) <= 1010
     ids = parse_body(b'{"model": "m", "prompt": [1, 2, 3]}', CompletionRequest)
     assert estimate_prompt_tokens(ids) == 3
+
+
+def test_openapi_documents_the_proxy_endpoints_with_their_bodies():
+    """FastPath serves the proxy paths outside FastAPI's routing; /openapi.json still shows
+    them (and the pick's body), so clients and the HTTP fuzz run see the whole API."""
+    from server.router.app import create_app
+    from server.router.config import RouterSettings
+
+    app, _ = create_app(RouterSettings())
+    while not hasattr(app, "openapi"):
+        app = app.app
+    doc = app.openapi()
+    for path, model in (("/v1/chat/completions", "ChatCompletionRequest"), ("/v1/completions", "CompletionRequest"),
+                        ("/v1/fleet/pick", "ChatCompletionRequest")):
+        body = doc["paths"][path]["post"]["requestBody"]["content"]["application/json"]["schema"]
+        assert body == {"$ref": f"#/components/schemas/{model}"}
+        assert model in doc["components"]["schemas"]

@@ -193,6 +193,21 @@ def test_ten_thousand_headers_refused(server):
     assert took < 3.0 and grew_kib < 4096
 
 
+@pytest.mark.parametrize("header", [b"Content-Length: -1", b"Content-Length: 1e3", b"Transfer-Encoding: nope",
+                                    b"X-Nul: a\x00b", b"Host: \x00", b"Bad Name: v"])
+def test_a_malformed_request_is_an_envelope_400_and_closed(server, header):
+    """The HTTP parser's own refusals are envelopes too (uvicorn's are bare text)."""
+    s = socket.create_connection(addr(server))
+    s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+              + header + b"\r\n\r\n{}")
+    data, _ = read_until_closed(s, 5)
+    s.close()
+    assert status_of(data) == 400, data[:200]
+    err = envelope(data)
+    assert set(err) == {"message", "type", "param", "code"} and err["code"] == "invalid_http_request", err
+    assert httpx.get(server.url + "/health", timeout=5).status_code == 200
+
+
 def test_connection_flood_gets_a_clear_503_and_the_running_stream_is_unaffected(server):
     stream_result: dict = {}
     started = threading.Event()
