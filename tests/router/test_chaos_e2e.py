@@ -1,0 +1,208 @@
+"""Chaos on real processes (RELIABILITY E and H, issue 13): sim nodes and routers killed
+(SIGKILL, SIGTERM), stopped (SIGSTOP/SIGCONT) and restarted by PID under continuous concurrent
+load. Every request ends in a success or a clear error within a bound, the fleet recovers,
+keyed retries never run a generation twice, and nothing leaves the idempotency store.
+
+test_failover_e2e.py proves each fault on one request; here they come in a row, mid-load."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import threading
+import time
+from collections import Counter
+
+import httpx
+import pytest
+
+from tests.router.chaos import MSG, Load, generations, one_request
+from tests.router.conftest import fleet, wait_until
+
+pytestmark = pytest.mark.e2e
+
+NODE_OPTS = {"decode_ms": 10, "prefill_tokens_per_s": 1e6}
+ROUTER_ARGS = ("--poll-interval", "0.2", "--first-byte-timeout", "1.5", "--read-timeout", "2",
+               "--failure-threshold", "1", "--open-seconds", "0.5", "--limits-flush-interval", "0.2")
+
+
+class Fleet:
+    """Nodes ``a`` (zone za) and ``b`` (zone zb) and one router on a state directory; each
+    restarts on its old port, so the router (and the load) keep their URLs."""
+
+    def __init__(self, launcher):
+        self.launcher = launcher
+        self.state = launcher.tmp / "chaos-state"
+        self.nodes = {n: self._node(n) for n in ("a", "b")}
+        self.router = self._router()
+
+    def _node(self, name: str, port: int | None = None):
+        return self.launcher.node(name, extra=["--zone", "z" + name, "--shutdown-timeout", "1"], port=port,
+                                  **NODE_OPTS)
+
+    def _router(self, port: int | None = None):
+        return self.launcher.router(*(a for n in self.nodes.values() for a in ("--node", n.url)), *ROUTER_ARGS,
+                                    "--state-dir", str(self.state), name="chaos-router", port=port)
+
+    def kill(self, proc, sig: int) -> None:
+        os.kill(proc.pid, sig)
+        if sig in (signal.SIGKILL, signal.SIGTERM):
+            proc.popen.wait(15)
+
+    def restart_node(self, name: str) -> None:
+        self.nodes[name] = self._node(name, int(self.nodes[name].url.rsplit(":", 1)[1]))
+
+    def restart_router(self) -> None:
+        self.router = self._router(int(self.router.url.rsplit(":", 1)[1]))
+
+    def recovered(self, timeout: float = 15.0) -> float:
+        """When the router again sees both nodes ready with closed breakers."""
+        assert wait_until(lambda: all(n["ready"] and n["health"] == "closed" for n in fleet(self.router)["nodes"]),
+                          timeout=timeout), fleet(self.router)
+        return time.monotonic()
+
+    def generations(self) -> float:
+        return sum(generations(n.url) for n in self.nodes.values())
+
+
+@pytest.fixture(scope="module")
+def fl(launcher):
+    return Fleet(launcher)
+
+
+def summary(load: Load) -> str:
+    return f"{Counter(o.kind for o in load.outcomes)}; unclear: {[(o.kind, o.detail) for o in load.unclear()][:5]}"
+
+
+def assert_recovered(load: Load, since: float) -> None:
+    late = load.since(since)
+    assert len(late) >= 6 and all(o.kind == "ok" for o in late), [(o.kind, o.detail) for o in late if o.kind != "ok"]
+
+
+def test_nodes_killed_stopped_and_restarted_under_load(fl):
+    with Load(fl.router.url) as load:
+        time.sleep(1.0)
+        fl.kill(fl.nodes["a"], signal.SIGKILL)  # mid-stream for some: in-band errors
+        time.sleep(0.5)
+        fl.restart_node("a")
+        os.kill(fl.nodes["b"].pid, signal.SIGSTOP)  # accepts, never answers: timeouts, failover
+        time.sleep(2.5)
+        os.kill(fl.nodes["b"].pid, signal.SIGCONT)
+        fl.kill(fl.nodes["a"], signal.SIGTERM)  # drains: its streams finish, new requests move
+        fl.restart_node("a")
+        fl.kill(fl.nodes["b"], signal.SIGKILL)
+        fl.restart_node("b")
+        back = fl.recovered()
+        time.sleep(1.5)
+    assert not load.unclear(), summary(load)
+    kinds = Counter(o.kind for o in load.outcomes)
+    assert kinds["ok"] >= 30 and kinds["error"] + kinds["in_band"] >= 1, summary(load)  # the faults hit requests
+    assert max(o.ended - o.started for o in load.outcomes) < 10.0
+    assert_recovered(load, back + 0.2)
+    assert {o.node for o in load.since(back + 0.2)} == {"a", "b"}
+
+
+def test_router_killed_and_restarted_on_its_state_dir_under_load(fl):
+    with Load(fl.router.url) as load:
+        time.sleep(1.0)
+        for sig in (signal.SIGKILL, signal.SIGTERM):
+            load.down()
+            fl.kill(fl.router, sig)
+            fl.restart_router()
+            load.up()
+            time.sleep(1.0)
+        back = time.monotonic()
+        time.sleep(1.0)
+    assert not load.unclear(), summary(load)
+    assert sum(o.kind == "transport" for o in load.outcomes) >= 1  # the kills cut connections
+    assert_recovered(load, back)
+    # Every keyed answer a client got is replayed by the restarted router; nothing runs again.
+    assert len(load.keyed_ok) >= 10
+    before = fl.generations()
+
+    async def replay():
+        async with httpx.AsyncClient(trust_env=False, timeout=15) as c:
+            return await asyncio.gather(*(one_request(c, fl.router.url, o.request, key)
+                                          for key, o in load.keyed_ok.items()))
+    for first, again in zip(load.keyed_ok.values(), asyncio.run(replay())):
+        assert again.kind == "ok" and again.replayed and again.body == first.body, (first.key, again.detail)
+    assert fl.generations() == before
+
+
+def long_body(stream: bool = False) -> dict:
+    return {"model": "sim-model", "messages": MSG, "max_tokens": 150, "stream": stream, "ignore_eos": True}
+
+
+def test_keyed_retries_across_a_node_sigkill_run_once(fl):
+    """A keyed stream cut by its node's death: the first try and the two attached to it get
+    the same transcript, ending in one in-band error. The retries after it run once, on the
+    other node, and every later retry is a replay of that one answer. (A non-streamed call
+    has no head before its answer, so the router already moves it transparently: E2.)"""
+    fl.recovered()
+    zone = {"x-edgefleet-zone": "za"}
+    body = long_body(stream=True)
+
+    async def scenario():
+        async with httpx.AsyncClient(trust_env=False, timeout=15) as c:
+            first = asyncio.create_task(one_request(c, fl.router.url, body, "k-node", zone))
+            await asyncio.sleep(0.3)
+            attached = [asyncio.create_task(one_request(c, fl.router.url, body, "k-node", zone))
+                        for _ in range(2)]
+            await asyncio.sleep(0.2)
+            fl.kill(fl.nodes["a"], signal.SIGKILL)
+            failed = [await first, *[await t for t in attached]]
+            b_before = generations(fl.nodes["b"].url)
+            retries = await asyncio.gather(*(one_request(c, fl.router.url, body, "k-node", zone)
+                                             for _ in range(3)))
+            later = await one_request(c, fl.router.url, body, "k-node")
+            return failed, b_before, retries, later
+
+    failed, b_before, retries, later = asyncio.run(scenario())
+    assert {o.kind for o in failed} == {"in_band"} and len({o.body for o in failed}) == 1, failed[0].detail
+    assert failed[0].detail == "upstream_disconnected" and failed[0].node == "a"
+    assert not failed[0].replayed and failed[1].replayed
+    assert [o.kind for o in retries] == ["ok"] * 3 and {o.node for o in retries} == {"b"}
+    assert len({o.body for o in retries + [later]}) == 1 and later.replayed
+    assert generations(fl.nodes["b"].url) == b_before + 1
+    fl.restart_node("a")
+
+
+def test_keyed_retry_across_a_router_sigkill_runs_once_and_is_kept(fl):
+    """A keyed call cut by the router's death runs once when retried on the restarted router
+    (the node aborted the first when the router's connection dropped); its answer then
+    survives one more SIGKILL of the router."""
+    fl.recovered()
+    out: dict = {}
+
+    def call() -> None:
+        out["r"] = asyncio.run(_one(fl.router.url, long_body(stream=True), "k-router"))
+
+    t = threading.Thread(target=call)
+    t.start()
+    assert wait_until(lambda: fl.generations() > 0 and any(
+        n_running(n.url) for n in fl.nodes.values()), timeout=5)
+    fl.kill(fl.router, signal.SIGKILL)
+    t.join(15)
+    assert out["r"].kind == "transport"  # the router died: a bare cut is all a client can get
+    assert wait_until(lambda: not any(n_running(n.url) for n in fl.nodes.values()), timeout=5)
+    fl.restart_router()
+    before = fl.generations()
+    first = asyncio.run(_one(fl.router.url, long_body(stream=True), "k-router"))
+    assert first.kind == "ok" and fl.generations() == before + 1
+    fl.kill(fl.router, signal.SIGKILL)
+    fl.restart_router()
+    again = asyncio.run(_one(fl.router.url, long_body(stream=True), "k-router"))
+    assert again.kind == "ok" and again.replayed and again.body == first.body
+    assert fl.generations() == before + 1
+
+
+async def _one(url: str, body: dict, key: str | None):
+    async with httpx.AsyncClient(trust_env=False, timeout=15) as c:
+        return await one_request(c, url, body, key)
+
+
+def n_running(url: str) -> float:
+    text = httpx.get(url + "/metrics", trust_env=False, timeout=5).text
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith("vllm:num_requests_running{"))
