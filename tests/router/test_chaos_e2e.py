@@ -206,3 +206,32 @@ def n_running(url: str) -> float:
     text = httpx.get(url + "/metrics", trust_env=False, timeout=5).text
     return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
                if line.startswith("vllm:num_requests_running{"))
+
+
+@pytest.fixture(scope="module")
+def redis_url(tmp_path_factory):
+    from tests.router.test_idempotency_e2e import redis_url as start
+
+    yield from start.__wrapped__(tmp_path_factory)
+
+
+def test_two_routers_on_one_redis_never_run_a_key_twice(fl, launcher, redis_url):
+    """The same key and body sent to two routers sharing one store at the same moment: one
+    generation on the nodes, and both senders get the same bytes."""
+    fl.recovered()
+    args = [a for n in fl.nodes.values() for a in ("--node", n.url)]
+    one, two = (launcher.router(*args, *ROUTER_ARGS, "--store", redis_url, name=f"redis-{x}") for x in "xy")
+    before = fl.generations()
+
+    async def both(key: str, stream: bool):
+        async with httpx.AsyncClient(trust_env=False, timeout=15) as c:
+            body = {**long_body(stream), "max_tokens": 30}
+            return await asyncio.gather(one_request(c, one.url, body, key), one_request(c, two.url, body, key))
+    pairs = [asyncio.run(both(f"shared-{i}", stream=i % 2 == 1)) for i in range(4)]
+    for x, y in pairs:
+        assert x.kind == y.kind == "ok" and x.body == y.body and (x.replayed or y.replayed), (x.detail, y.detail)
+    assert wait_until(lambda: fl.generations() >= before + 4, timeout=5)
+    time.sleep(0.3)
+    assert fl.generations() == before + 4
+    one.stop()
+    two.stop()
