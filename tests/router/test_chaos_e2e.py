@@ -17,7 +17,7 @@ from collections import Counter
 import httpx
 import pytest
 
-from tests.router.chaos import MSG, Load, generations, one_request
+from tests.router.chaos import MSG, Garbage, Load, generations, one_request
 from tests.router.conftest import fleet, wait_until
 
 pytestmark = pytest.mark.e2e
@@ -235,3 +235,63 @@ def test_two_routers_on_one_redis_never_run_a_key_twice(fl, launcher, redis_url)
     assert fl.generations() == before + 4
     one.stop()
     two.stop()
+
+
+def _garbage_bytes(w) -> None:
+    w.write(b"\x00\xffNOT HTTP AT ALL\r\n\r\n" * 4)
+
+
+def _endless_head(w) -> None:
+    w.write(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n")
+    while True:  # until the router hangs up
+        w.write(b"x-junk: " + b"a" * 1000 + b"\r\n")
+
+
+def _wrong_content_type(w) -> None:
+    body = b"<html><body>Welcome to nginx!</body></html>"
+    w.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/html\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body))
+
+
+def _broken_sse(w) -> None:
+    w.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n")
+    w.write(b"11\r\ndata: {not json\n\n\r\n")
+    w.write(b"zz\r\n\x00\x01garbage")  # a broken chunk, then the connection drops
+
+
+GARBAGE = {"bytes": _garbage_bytes, "endless-head": _endless_head, "content-type": _wrong_content_type,
+           "sse": _broken_sse}
+
+
+def test_garbage_nodes_give_clear_errors_are_marked_and_failed_over(fl, launcher):
+    """Nodes that report a good capacity document and answer every generation with garbage:
+    each client gets the backup's answer or a clear error, and the garbage node is marked."""
+    fl.recovered()
+    cap = httpx.get(fl.nodes["b"].url + "/v1/capacity", trust_env=False, timeout=5).json()
+    nodes = {name: Garbage(cap, reply, zone=f"g-{name}") for name, reply in GARBAGE.items()}
+    try:
+        router = launcher.router(*(a for g in nodes.values() for a in ("--node", g.url)), "--node",
+                                 fl.nodes["b"].url, *ROUTER_ARGS, "--open-seconds", "60",
+                                 name="garbage-router")
+        assert wait_until(lambda: sum(n["ready"] for n in fleet(router)["nodes"]) == 5)
+
+        async def each():
+            async with httpx.AsyncClient(trust_env=False, timeout=15) as c:
+                return await asyncio.gather(*(one_request(c, router.url, {**long_body(stream), "max_tokens": 5},
+                                                          None, {"x-edgefleet-zone": g.zone})
+                                              for g in nodes.values() for stream in (False, True)))
+        outcomes = dict(zip([(n, s) for n in nodes for s in (False, True)], asyncio.run(each())))
+        unclear = {k: (o.kind, o.detail) for k, o in outcomes.items() if o.kind not in ("ok", "error", "in_band")}
+        assert not unclear, unclear
+        view = {n["name"]: n for n in fleet(router)["nodes"]}
+        for name, g in nodes.items():
+            assert g.posts >= 1, name
+            assert view[f"garbage-g-{name}"]["trips"] >= 1, (name, view[f"garbage-g-{name}"])
+        # Marked: the next request to those zones goes straight to the backup.
+        posts = {name: g.posts for name, g in nodes.items()}
+        again = asyncio.run(_one(router.url, {**long_body(), "max_tokens": 2}, None))
+        assert again.kind == "ok" and again.node == "b"
+        assert posts == {name: g.posts for name, g in nodes.items()}
+        router.stop()
+    finally:
+        for g in nodes.values():
+            g.close()
