@@ -85,7 +85,7 @@ class Load:
     streams; every third carries an Idempotency-Key and is retried with it (up to 3 times)
     until it ends in success. ``down()``/``up()`` mark when the router itself was down."""
 
-    def __init__(self, url: str, workers: int = 6, max_tokens: int = 12, timeout: float = 15.0):
+    def __init__(self, url: str, workers: int = 4, max_tokens: int = 20, timeout: float = 15.0):
         self.url = url
         self.workers = workers
         self.max_tokens = max_tokens
@@ -148,9 +148,9 @@ class Load:
                 await asyncio.sleep(0.1)  # back off a little, as a client would
 
 
-def node_counts(url: str) -> dict[str, float]:
+def node_counts(url: str, **headers: str) -> dict[str, float]:
     """A node's finished generations by reason (vllm:request_success) and the ones running."""
-    text = httpx.get(url + "/metrics", trust_env=False, timeout=5).text
+    text = httpx.get(url + "/metrics", headers=headers, trust_env=False, timeout=5).text
     out: dict[str, float] = {}
     for line in text.splitlines():
         if line.startswith("vllm:request_success_total{"):
@@ -161,9 +161,9 @@ def node_counts(url: str) -> dict[str, float]:
     return out
 
 
-def generations(url: str) -> float:
+def generations(url: str, **headers: str) -> float:
     """Generations a node has started: finished for any reason, or still in flight."""
-    return sum(node_counts(url).values())
+    return sum(node_counts(url, **headers).values())
 
 
 @dataclass(slots=True)

@@ -28,6 +28,10 @@ ROUTER_ARGS = ("--poll-interval", "0.2", "--first-byte-timeout", "1.5", "--read-
                "--failure-threshold", "1", "--open-seconds", "0.5", "--limits-flush-interval", "0.2")
 
 
+def long_body(stream: bool = False) -> dict:
+    return {"model": "sim-model", "messages": MSG, "max_tokens": 150, "stream": stream, "ignore_eos": True}
+
+
 class Fleet:
     """Nodes ``a`` (zone za) and ``b`` (zone zb) and one router on a state directory; each
     restarts on its old port, so the router (and the load) keep their URLs."""
@@ -104,7 +108,13 @@ def test_nodes_killed_stopped_and_restarted_under_load(fl):
 
 
 def test_router_killed_and_restarted_on_its_state_dir_under_load(fl):
+    """Clients see a cut only while the router is down; every keyed answer survives both
+    restarts; a keyed stream cut by the SIGKILL runs once when retried (the node aborted the
+    first when the router's connection dropped), and once only."""
+    cut: dict = {}
     with Load(fl.router.url) as load:
+        t = threading.Thread(target=lambda: cut.update(r=asyncio.run(_one(fl.router.url, long_body(True), "k-cut"))))
+        t.start()
         time.sleep(0.7)
         for sig in (signal.SIGKILL, signal.SIGTERM):
             load.down()
@@ -114,6 +124,8 @@ def test_router_killed_and_restarted_on_its_state_dir_under_load(fl):
             time.sleep(0.7)
         back = time.monotonic()
         time.sleep(0.7)
+    t.join(15)
+    assert cut["r"].kind == "transport"  # the router died mid-stream: a bare cut is all a client can get
     assert not load.unclear(), summary(load)
     assert sum(o.kind == "transport" for o in load.outcomes) >= 1  # the kills cut connections
     assert_recovered(load, back)
@@ -128,10 +140,10 @@ def test_router_killed_and_restarted_on_its_state_dir_under_load(fl):
     for first, again in zip(load.keyed_ok.values(), asyncio.run(replay())):
         assert again.kind == "ok" and again.replayed and again.body == first.body, (first.key, again.detail)
     assert fl.generations() == before
-
-
-def long_body(stream: bool = False) -> dict:
-    return {"model": "sim-model", "messages": MSG, "max_tokens": 150, "stream": stream, "ignore_eos": True}
+    retried = asyncio.run(_one(fl.router.url, long_body(True), "k-cut"))
+    assert retried.kind == "ok" and not retried.replayed and fl.generations() == before + 1
+    again = asyncio.run(_one(fl.router.url, long_body(True), "k-cut"))
+    assert again.replayed and again.body == retried.body and fl.generations() == before + 1
 
 
 def test_keyed_retries_across_a_node_sigkill_run_once(fl):
@@ -168,42 +180,9 @@ def test_keyed_retries_across_a_node_sigkill_run_once(fl):
     fl.restart_node("a", wait=False)  # the next test waits for the router to see it
 
 
-def test_keyed_retry_across_a_router_sigkill_runs_once(fl):
-    """A keyed call cut by the router's death runs once when retried on the restarted router
-    (the node aborted the first when the router's connection dropped), and once only.
-    (That answers survive a restart is in the test above.)"""
-    fl.recovered()
-    out: dict = {}
-
-    def call() -> None:
-        out["r"] = asyncio.run(_one(fl.router.url, long_body(stream=True), "k-router"))
-
-    t = threading.Thread(target=call)
-    t.start()
-    assert wait_until(lambda: fl.generations() > 0 and any(
-        n_running(n.url) for n in fl.nodes.values()), timeout=5)
-    fl.kill(fl.router, signal.SIGKILL)
-    t.join(15)
-    assert out["r"].kind == "transport"  # the router died: a bare cut is all a client can get
-    assert wait_until(lambda: not any(n_running(n.url) for n in fl.nodes.values()), timeout=5)
-    fl.restart_router()
-    before = fl.generations()
-    first = asyncio.run(_one(fl.router.url, long_body(stream=True), "k-router"))
-    assert first.kind == "ok" and not first.replayed and fl.generations() == before + 1
-    again = asyncio.run(_one(fl.router.url, long_body(stream=True), "k-router"))
-    assert again.kind == "ok" and again.replayed and again.body == first.body
-    assert fl.generations() == before + 1
-
-
 async def _one(url: str, body: dict, key: str | None):
     async with httpx.AsyncClient(trust_env=False, timeout=15) as c:
         return await one_request(c, url, body, key)
-
-
-def n_running(url: str) -> float:
-    text = httpx.get(url + "/metrics", trust_env=False, timeout=5).text
-    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-               if line.startswith("vllm:num_requests_running{"))
 
 
 @pytest.fixture(scope="module")
@@ -227,12 +206,12 @@ def test_two_routers_on_one_redis_never_run_a_key_twice(fl, launcher, redis_url)
         async with httpx.AsyncClient(trust_env=False, timeout=15) as c:
             body = {**long_body(stream), "max_tokens": 30}
             return await asyncio.gather(one_request(c, one.url, body, key), one_request(c, two.url, body, key))
-    pairs = [asyncio.run(both(f"shared-{i}", stream=i % 2 == 1)) for i in range(4)]
+    pairs = [asyncio.run(both(f"shared-{i}", stream=i % 2 == 1)) for i in range(2)]
     for x, y in pairs:
         assert x.kind == y.kind == "ok" and x.body == y.body and (x.replayed or y.replayed), (x.detail, y.detail)
-    assert wait_until(lambda: fl.generations() >= before + 4, timeout=5)
+    assert wait_until(lambda: fl.generations() >= before + 2, timeout=5)
     time.sleep(0.3)
-    assert fl.generations() == before + 4
+    assert fl.generations() == before + 2
     one.stop()
     two.stop()
 
@@ -295,3 +274,34 @@ def test_garbage_nodes_give_clear_errors_are_marked_and_failed_over(fl, launcher
     finally:
         for g in nodes.values():
             g.close()
+
+
+def test_a_real_node_without_the_fleet_key_is_never_admitted(launcher):
+    """A real node process that announces itself over mDNS and answers the router's challenge
+    with another key is refused, and never runs a prompt: the router has no node to send one
+    to. (test_discovery_trust.py admits a keyed node next to socket-level rogues that record
+    every byte they get.)"""
+    key, other = "chaos-fleet-key-0123456789abcdef", "not-the-fleet-key-0123456789abcd"
+    key_file = launcher.tmp / "chaos.key"
+    key_file.write_text(key + "\n")
+    router = launcher.router("--discover", "--discover-interface", "127.0.0.1", "--poll-interval", "0.3",
+                             "--discovery-allow-network", "127.0.0.0/8", "--discovered-node-key-file",
+                             str(key_file), name="rogue-router", wait_ready=False)
+    rogue = launcher.node("rogue", extra=["--advertise", "--api-key", other])
+
+    def refused() -> float:
+        text = httpx.get(router.url + "/metrics", timeout=5, trust_env=False).text
+        return sum(float(line.split()[-1]) for line in text.splitlines()
+                   if line.startswith('edgefleet_router_discovery_refused_total{reason="proof"}'))
+    assert wait_until(lambda: refused() >= 1, 20)
+    time.sleep(0.5)  # time for a wrong admission to show, had there been one
+    assert fleet(router)["nodes"] == []
+    replies = asyncio.run(_many(router.url, 3))
+    assert {o.detail for o in replies} == {"503 no_healthy_node"}
+    assert generations(rogue.url, authorization=f"Bearer {other}") == 0
+    assert f"not admitting the node announced at {rogue.url}: wrong proof" in router.log.read_text()
+
+
+async def _many(url: str, n: int):
+    async with httpx.AsyncClient(trust_env=False, timeout=15) as c:
+        return await asyncio.gather(*(one_request(c, url, {**long_body(), "max_tokens": 2}, None) for _ in range(n)))
