@@ -316,7 +316,7 @@ class Router:
             if resp.status == 200 and (problem := await _garbage(resp, stream)):
                 resp.release()  # nothing has reached the client: the next node may answer properly
                 log.warning("node %s answered garbage: %s", node.name, problem)
-                self._failed(node, attempts, "bad_response")
+                self._failed(node, attempts, "timeout" if problem == "timeout" else "bad_response")
                 continue
             attempts.append(Attempt(node.name, "ok"))
             return node, resp
@@ -351,8 +351,12 @@ async def _garbage(resp: Response, stream: bool) -> str | None:
         return None
     try:
         first = await resp.first_event()
-    except (UpstreamIOError, TimeoutError) as exc:
-        return f"it failed before its first event ({type(exc).__name__})"
+    except TimeoutError:
+        return "timeout"  # a head, then nothing for --read-timeout: as slow as no head at all
+    except UpstreamIOError as exc:
+        return f"it failed before its first event ({exc})"
+    if not first:
+        return "it closed the stream before its first event"
     for line in first.replace(b"\r\n", b"\n").split(b"\n\n", 1)[0].split(b"\n"):
         if line.startswith(b"data:"):
             payload = line[5:].strip()
