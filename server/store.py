@@ -9,7 +9,8 @@ Three backends with one interface (``get``/``put``/``delete``/``close``, all asy
 - :class:`MemoryStore`: a bounded dict with expiry (the node's results).
 - :class:`RedisStore`: a Redis-protocol server (``redis://host:port/db``) shared by several
   routers. Expiry is the server's (``SET .. PX``); its memory bound is the server's
-  ``maxmemory``.
+  ``maxmemory``. Only a shared store has ``claim`` (``SET .. NX PX``): the lease that keeps
+  two routers from running one Idempotency-Key at once (one process needs none).
 
 No HTTP here: the edge (``server/edge/idempotency.py``) and the router's limit persistence
 (``server/router/persist.py``) sit on top.
@@ -170,6 +171,10 @@ class RedisStore:
     async def put(self, key: str, value: bytes, ttl_s: float | None) -> None:
         px = None if ttl_s is None else max(1, int(ttl_s * 1000))
         await self._redis.set(self.prefix + key, value, px=px)
+
+    async def claim(self, key: str, ttl_s: float) -> bool:
+        """Set ``key`` only if it is absent: True when this caller got it."""
+        return bool(await self._redis.set(self.prefix + key, b"1", px=max(1, int(ttl_s * 1000)), nx=True))
 
     async def delete(self, key: str) -> None:
         await self._redis.delete(self.prefix + key)

@@ -17,6 +17,12 @@ two generation routes); plain ASGI, no FastAPI.
   runs again, as Stripe does), and for a stream only when it ended with ``data: [DONE]``. Past
   ``max_bytes`` only the outcome is stored and a later retry gets 409
   ``idempotency_result_too_large``. Replays carry ``Idempotency-Replayed: true``.
+- The result is written before the last byte goes out: a client that got its answer can
+  retry after the process died (SIGKILL) and get it back.
+- A store shared by several processes (it has ``claim``: Redis) also holds a lease per key
+  while one of them runs it: a sender of that key to another process waits for the stored
+  result and gets it as a replay (after the whole run, not live), or runs it itself when the
+  holder failed (nothing stored, lease released) or died (lease expired, ``LEASE_S``).
 """
 
 from __future__ import annotations
@@ -39,6 +45,8 @@ log = logging.getLogger("edgefleet.idempotency")
 HEADER = b"idempotency-key"
 REPLAYED = (b"idempotency-replayed", b"true")
 MAX_KEY_LEN = 255
+LEASE_S = 10.0  # a shared store's claim on a running key; renewed every third of it
+POLL_S = 0.05  # how often a sender waiting on another process looks for the result
 
 
 @dataclass(slots=True)
@@ -118,6 +126,7 @@ class Idempotency:
     def __init__(self, store: Store, ttl_s: float = 86_400.0, max_bytes: int = 1 << 20,
                  error_headers: dict[str, str] | None = None):
         self.store = store
+        self.shared = callable(getattr(store, "claim", None))  # else this process's ``running`` is the lock
         self.ttl_s = ttl_s
         self.max_bytes = max_bytes
         self.error_headers = error_headers or {}
@@ -194,7 +203,65 @@ class Idempotency:
         await send({"type": "http.response.start", "status": record.status, "headers": [*record.headers, REPLAYED]})
         await send({"type": "http.response.body", "body": record.body, "more_body": False})
 
+    async def _claim(self, sk: str) -> bool:
+        try:
+            return bool(await self.store.claim("claim:" + sk, LEASE_S))  # type: ignore[attr-defined]
+        except Exception as exc:  # as for reads: a store that is down must not fail the request
+            log.warning("idempotency store claim failed (%s); running the request", exc)
+            return True
+
+    async def _claim_or_follow(self, run: Running, sk: str) -> bool:
+        """With a shared store: True when this process holds the key's lease and runs it;
+        False when another process ran it and its stored answer is in ``run``."""
+        while True:
+            if await self._claim(sk):
+                record = await self._load(sk)  # it may have finished between our first look and the claim
+                if record is None:
+                    return True
+                await self._release(sk)
+            else:
+                await asyncio.sleep(POLL_S)
+                record = await self._load(sk)
+                if record is None:
+                    continue
+
+            async def collect(message: Message) -> None:
+                run.append(message)
+            await self._replay(record, run.fingerprint, collect)
+            return False
+
+    async def _release(self, sk: str) -> None:
+        try:
+            await self.store.delete("claim:" + sk)
+        except Exception as exc:
+            log.warning("idempotency store release failed (%s); the lease expires in %.0f s", exc, LEASE_S)
+
+    async def _renew(self, sk: str) -> None:
+        while True:
+            await asyncio.sleep(LEASE_S / 3)
+            try:
+                await self.store.put("claim:" + sk, b"1", LEASE_S)
+            except Exception as exc:
+                log.warning("idempotency store lease renewal failed (%s)", exc)
+
     async def _run(self, app: ASGIApp, scope: Scope, body: bytes, run: Running, sk: str) -> None:
+        claimed = renew = None
+        try:
+            if self.shared:
+                claimed = await self._claim_or_follow(run, sk)
+                if not claimed:
+                    return
+                renew = asyncio.create_task(self._renew(sk))
+            await self._run_app(app, scope, body, run, sk)
+        finally:
+            if renew is not None:
+                renew.cancel()
+            run.end()
+            self.running.pop(sk, None)
+            if claimed:
+                await self._release(sk)
+
+    async def _run_app(self, app: ASGIApp, scope: Scope, body: bytes, run: Running, sk: str) -> None:
         given = False
 
         async def receive() -> Message:
@@ -206,6 +273,8 @@ class Idempotency:
             return {"type": "http.disconnect"}
 
         async def send(message: Message) -> None:
+            if message["type"] == "http.response.body" and not message.get("more_body", False):
+                await self._store([*run.messages, message], run.fingerprint, sk)  # durable, then the last byte
             run.append(message)
 
         try:
@@ -218,25 +287,19 @@ class Idempotency:
                 run.append({"type": "http.response.body", "more_body": False,
                             "body": b'{"error":{"message":"Internal server error.","type":"server_error",'
                                     b'"param":null,"code":"internal_error"}}'})
-        finally:
-            run.end()
-            try:
-                await self._store(run, sk)
-            finally:
-                self.running.pop(sk, None)
 
-    async def _store(self, run: Running, sk: str) -> None:
-        start = next((m for m in run.messages if m["type"] == "http.response.start"), None)
+    async def _store(self, messages: list[Message], fp: str, sk: str) -> None:
+        start = next((m for m in messages if m["type"] == "http.response.start"), None)
         if start is None:
             return
-        parts = [m.get("body", b"") for m in run.messages if m["type"] == "http.response.body"]
-        complete = any(m["type"] == "http.response.body" and not m.get("more_body") for m in run.messages)
+        parts = [m.get("body", b"") for m in messages if m["type"] == "http.response.body"]
+        complete = any(m["type"] == "http.response.body" and not m.get("more_body") for m in messages)
         body = b"".join(parts)
         headers = [(k, v) for k, v in start.get("headers", []) if k.lower() != b"content-length"]
         if not storable(start["status"], headers, body, complete):
             return
         too_large = len(body) > self.max_bytes
-        record = Record(run.fingerprint, start["status"], headers, b"" if too_large else body, too_large)
+        record = Record(fp, start["status"], headers, b"" if too_large else body, too_large)
         try:
             await self.store.put(sk, record.pack(), self.ttl_s)
             self.stored += 1
@@ -257,7 +320,7 @@ async def _follow(run: Running, send: Send, replayed: bool) -> None:
         while True:
             while i < len(run.messages):
                 m = run.messages[i]
-                if replayed and m["type"] == "http.response.start":
+                if replayed and m["type"] == "http.response.start" and REPLAYED not in m.get("headers", []):
                     m = {**m, "headers": [*m.get("headers", []), REPLAYED]}
                 await send(m)
                 i += 1

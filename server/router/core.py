@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import logging
 import secrets
 import time
@@ -312,6 +313,11 @@ class Router:
                 attempts.append(Attempt(node.name, f"http_{resp.status}"))
                 self.metrics.failovers.inc()
                 continue
+            if resp.status == 200 and (problem := await _garbage(resp, stream)):
+                resp.release()  # nothing has reached the client: the next node may answer properly
+                log.warning("node %s answered garbage: %s", node.name, problem)
+                self._failed(node, attempts, "timeout" if problem == "timeout" else "bad_response")
+                continue
             attempts.append(Attempt(node.name, "ok"))
             return node, resp
         if timed_out and not busy:
@@ -331,6 +337,37 @@ class Router:
         attempts.append(Attempt(node.name, outcome))
         self.metrics.failovers.inc()
         log.warning("node %s failed before the first byte (%s); trying the next", node.name, outcome)
+
+
+async def _garbage(resp: Response, stream: bool) -> str | None:
+    """Why a node's 200 is no answer to relay: the wrong content type, or (streaming) a
+    first event that is not SSE with a JSON payload. Only the start is checked; past it the
+    router relays bytes as they come (a transport failure still ends them in-band)."""
+    ctype = resp.headers.get("content-type", "")
+    want = "text/event-stream" if stream else "application/json"
+    if not ctype.startswith(want):
+        return f"content-type {ctype[:60]!r}, not {want}"
+    if not stream:
+        return None
+    try:
+        first = await resp.first_event()
+    except TimeoutError:
+        return "timeout"  # a head, then nothing for --read-timeout: as slow as no head at all
+    except UpstreamIOError as exc:
+        return f"it failed before its first event ({exc})"
+    if not first:
+        return "it closed the stream before its first event"
+    for line in first.replace(b"\r\n", b"\n").split(b"\n\n", 1)[0].split(b"\n"):
+        if line.startswith(b"data:"):
+            payload = line[5:].strip()
+            if payload != b"[DONE]":
+                try:
+                    json.loads(payload)
+                except ValueError:
+                    return "its first SSE event is not JSON"
+        elif line and not line.startswith((b":", b"event:", b"id:", b"retry:")):
+            return "its first event is not SSE"
+    return None
 
 
 def first_byte_deadline(base_s: float, factor: float, predicted_ttft_ms: float | None) -> float:

@@ -22,7 +22,8 @@ RTT_WINDOW = 10
 # failure (refused or reset connection, a stream cut mid-way) trips the breaker at once;
 # a timeout (at connect, before the first byte, or between chunks) counts one failure
 # toward ``failure_threshold``, since a slow node may only be busy.
-FailureOutcome = Literal["connect_error", "connect_timeout", "timeout", "upstream_disconnected", "upstream_timeout"]
+FailureOutcome = Literal["connect_error", "connect_timeout", "timeout", "upstream_disconnected", "upstream_timeout",
+                         "bad_response"]
 TIMEOUT_OUTCOMES: frozenset[str] = frozenset({"connect_timeout", "timeout", "upstream_timeout"})
 
 

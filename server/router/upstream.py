@@ -251,6 +251,20 @@ class Response:
         since = self._wait_since if waiter is not None else loop.time()
         self._timer = loop.call_at(since + limit, self._check_timeout)
 
+    async def first_event(self) -> bytes:
+        """Read up to the end of the first SSE event (at most ``MAX_HEAD_BYTES``) and keep it
+        for :meth:`next_chunk`: the router checks it before answering its client."""
+        got = b""
+        while b"\n\n" not in got and len(got) < MAX_HEAD_BYTES:
+            chunk = await self.next_chunk()
+            if not chunk:
+                break
+            got += chunk
+        if got:
+            self._chunks.appendleft(got)
+            self._buffered += len(got)
+        return got
+
     async def read(self) -> bytes:
         parts = []
         while chunk := await self.next_chunk():

@@ -71,14 +71,18 @@ class Launcher:
 
     def _spawn(self, args: list[str], name: str) -> tuple[subprocess.Popen, Path]:
         log = self.tmp / f"{name}.log"
+        for n in range(2, 100):  # a restart under the same name keeps the old log
+            if not log.exists():
+                break
+            log = self.tmp / f"{name}.{n}.log"
         fh = open(log, "w")
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         popen = subprocess.Popen([EDGEFLEET, *args], stdout=fh, stderr=subprocess.STDOUT, env=env)
         return popen, log
 
     def node(self, name: str, model: str = "sim-model", wait: bool = True, extra: list[str] = (),
-             **opts) -> Proc:
-        port = free_port()
+             port: int | None = None, **opts) -> Proc:
+        port = port or free_port()  # a restart passes the old port: the router knows the node by URL
         args = ["serve", "--engine", "sim", "--port", str(port), "--name", name, "--served-model-name", model,
                 *extra]
         for k, v in opts.items():
@@ -90,8 +94,8 @@ class Launcher:
             wait_http(proc.url + "/ready", popen, log)
         return proc
 
-    def router(self, *args: str, name: str = "router", wait_ready: bool = True) -> Proc:
-        port = free_port()
+    def router(self, *args: str, name: str = "router", wait_ready: bool = True, port: int | None = None) -> Proc:
+        port = port or free_port()
         popen, log = self._spawn(["route", "--port", str(port), *args], name)
         proc = Proc(popen, f"http://127.0.0.1:{port}", log, name)
         self.procs.append(proc)

@@ -1,11 +1,12 @@
 """server/router/core.py: request ids, and every failure path booked through Node.record_failure."""
 
+import asyncio
 import re
 
 import pytest
 
 from server.edge.errors import NoHealthyNode, UpstreamTimeout
-from server.router.core import new_request_id
+from server.router.core import _garbage, new_request_id
 from server.router.upstream import ConnectTimeout, UpstreamIOError
 from tests.router.helpers import node
 
@@ -96,3 +97,35 @@ async def test_open_upstream_waits_longer_for_a_long_predicted_prefill():
                                    "rid", [], stream=True)
     assert seen == [pytest.approx(60.0, abs=0.5)]
     assert info.value.code == "upstream_timeout" and "first_byte" in info.value.message
+
+
+class _Head:
+    """A node's response as far as the router's garbage check reads it."""
+
+    def __init__(self, ctype: str, first: bytes | Exception = b""):
+        self.headers = {"content-type": ctype}
+        self.first = first
+
+    async def first_event(self) -> bytes:
+        if isinstance(self.first, Exception):
+            raise self.first
+        return self.first
+
+
+@pytest.mark.parametrize("ctype, stream, first, problem", [
+    ("application/json", False, b"", None),
+    ("application/json; charset=utf-8", False, b"", None),
+    ("text/html", False, b"", "content-type 'text/html', not application/json"),
+    ("text/event-stream", False, b"", "content-type 'text/event-stream', not application/json"),
+    ("application/json", True, b"", "content-type 'application/json', not text/event-stream"),
+    ("text/event-stream", True, b'data: {"choices": []}\n\n', None),
+    ("text/event-stream", True, b': keep-alive\r\n\r\ndata: {"x"', None),  # a comment first: fine
+    ("text/event-stream", True, b"data: [DONE]\n\n", None),
+    ("text/event-stream", True, b"data: {not json\n\n", "its first SSE event is not JSON"),
+    ("text/event-stream", True, b"\x00\xffHELLO\n\n", "its first event is not SSE"),
+    ("text/event-stream", True, b"", "it closed the stream before its first event"),
+    ("text/event-stream", True, TimeoutError(), "timeout"),
+    ("text/event-stream", True, UpstreamIOError("reset"), "it failed before its first event (reset)"),
+])
+def test_a_nodes_200_must_be_what_was_asked_for(ctype, stream, first, problem):
+    assert asyncio.run(_garbage(_Head(ctype, first), stream)) == problem  # type: ignore[arg-type]

@@ -217,3 +217,61 @@ def test_store_flags_are_checked_and_reach_the_settings(tmp_path):
     s = build_settings(ctx.params)
     assert (s.state_dir, s.store_url, s.idempotency_ttl, s.idempotency_max_bytes, s.store_max_entries,
             s.store_max_bytes, s.limits_flush_interval) == (str(tmp_path), None, 60.0, 5, 7, 99, 1.0)
+
+
+class SharedStore(MemoryStore):
+    """A store two Idempotency instances (two routers) share, with a claim as Redis's SET NX."""
+
+    def __init__(self):
+        super().__init__()
+        self.log: list[str] = []
+
+    async def claim(self, key, ttl_s):  # atomic: no await suspends between the look and the write
+        if await self.get(key) is not None:
+            return False
+        await MemoryStore.put(self, key, b"1", ttl_s)
+        return True
+
+    async def put(self, key, value, ttl_s):
+        await asyncio.sleep(0.01)  # a store on the other side of a socket
+        await super().put(key, value, ttl_s)
+        self.log.append("put " + key.split(":")[0])
+
+
+def test_two_processes_on_a_shared_store_run_a_key_once():
+    async def go():
+        store = SharedStore()
+        one, two = Idempotency(store), Idempotency(store)
+        app = CountingApp(delay=0.1)
+        a, b = await asyncio.gather(call(one, app, b"k"), call(two, app, b"k"))
+        assert app.runs == 1 and a[2] == b[2] and (b"idempotency-replayed" in a[1]) != (b"idempotency-replayed" in b[1])
+        assert await store.get("claim:" + scoped_key("alice", "k")) is None  # the lease is released
+        # The holder fails (nothing stored, lease released): the waiting process runs it itself.
+        failing, ok = CountingApp(status=503, delay=0.1), CountingApp()
+        first = asyncio.create_task(call(one, failing, b"f"))
+        await asyncio.sleep(0.03)
+        second = await call(two, ok, b"f")
+        assert (await first)[0] == 503 and second[0] == 200 and failing.runs == ok.runs == 1
+    run(go())
+
+
+def test_the_result_is_stored_before_the_last_byte_goes_out():
+    """A client that got its whole answer can retry after a SIGKILL and get it back."""
+    async def go():
+        store = SharedStore()
+        idem = Idempotency(store)
+        for stream in (False, True):
+            sent = []
+            scope = {"type": "http", "method": "POST", "path": "/p", "headers": [], "state": {"key_id": "a"}}
+
+            async def receive():
+                return {"type": "http.request", "body": b"{}", "more_body": False}
+
+            async def send(m):
+                if m["type"] == "http.response.body" and not m.get("more_body"):
+                    store.log.append("last byte")
+                sent.append(m)
+            key = f"d{stream}".encode()
+            await idem.serve(CountingApp(stream=stream), scope, receive, send, key)
+            assert store.log[-2:] == ["put idem", "last byte"], store.log
+    run(go())
