@@ -195,13 +195,14 @@ class NodeRuntime:
         mean = self.perf.summary().get("mean_e2e_s") or 1.0
         return max(1, math.ceil(float(mean)))
 
-    def predict(self, prompt_tokens: int, priority: int = 0) -> TtftPrediction:
+    def predict(self, prompt_tokens: int, priority: int = 0, extra_ahead: int = 0) -> TtftPrediction:
         """Predicted TTFT for a request of ``priority``: only waiting work that runs no later than
-        it (priority <= its own) counts as ahead of it."""
+        it (priority <= its own) counts as ahead of it. ``extra_ahead``: sequences the engine
+        does not see yet that will run before it (a model host's requests waiting for a load)."""
         stats = self.engine.stats()
         waiting_ahead, tokens_ahead = stats.waiting_at_or_before(priority)
         behind = max(0, stats.num_waiting - waiting_ahead)
-        in_flight = max(0, self._in_flight_sequences() - behind)
+        in_flight = max(0, self._in_flight_sequences() - behind) + extra_ahead
         return predict_ttft(prompt_tokens=prompt_tokens, waiting_prompt_tokens=tokens_ahead,
                             in_flight=in_flight, max_num_seqs=self.slots(),
                             summary=self.perf.summary())
