@@ -7,7 +7,7 @@ loaded (``runtime.py`` stays single-model). The host owns, per model:
   and a back-off before a request may retry the load);
 - one load task, shared by every request that waits for it and shielded from their
   cancellation (a client that disconnects does not cancel a load others wait on);
-- its keep_alive timer (Ollama's meaning; ``None`` = never) and ``pinned`` flag;
+- its keep_alive (Ollama's meaning; ``None`` = never; a request may set its own) and ``pinned`` flag;
 - its share of the node's memory budget, from ``server/plan.py``'s estimate before a load
   and the engine's own figures after it. When a load needs room, the least recently used
   idle unpinned models are released first (:func:`server.host_policy.place`).
@@ -18,8 +18,12 @@ unavailable); otherwise a sleep is a full unload.
 
 The host quacks like a NodeRuntime where the HTTP app needs it (``state``, ``capacity()``,
 ``drain()``, ``start_engine()``, ``engine.is_healthy()/stop()``); requests get the model's
-own runtime from :meth:`ModelHost.acquire`, held loaded until admitted (:meth:`ModelHost.hold`). Errors are this module's own exceptions; the HTTP
-edge maps them to OpenAI envelopes.
+own runtime from :meth:`ModelHost.acquire`, held loaded until admitted (:meth:`ModelHost.hold`).
+Errors are this module's own exceptions; the HTTP edge maps them to OpenAI envelopes.
+
+Beside it: the records (``host_slots``), placement and keep_alive rules (``host_policy``),
+keep_alive timers (``host_idle``), releasing an engine (``host_release``), building engines
+(``host_engines``), and the capacity document and /metrics (``host_capacity``).
 """
 
 from __future__ import annotations
@@ -41,7 +45,8 @@ from server.host_engines import (
     preimport,
 )
 from server.host_idle import KeepAliveTimers
-from server.host_policy import Resident, backoff_s, place
+from server.host_policy import Resident, place
+from server.host_release import detach, fail
 from server.host_slots import (
     HOLDS_MEMORY,
     MODEL_DEFAULT,
@@ -53,6 +58,7 @@ from server.host_slots import (
 )
 
 log = logging.getLogger("edgefleet.host")
+
 
 class _HostEngine:
     """What the app's lifespan asks of ``runtime.engine``: health and stop."""
@@ -336,10 +342,7 @@ class ModelHost:
             collect()
 
     def _fail(self, slot: ModelSlot, reason: str) -> None:
-        slot.state = "failed"
-        slot.reason = reason
-        slot.failures += 1
-        slot.retry_at = self.clock() + backoff_s(slot.failures)
+        fail(slot, reason, self.clock())
 
     # --- releasing ---------------------------------------------------------------------
     def _release_idle(self, slot: ModelSlot, why: str) -> None:
@@ -358,33 +361,8 @@ class ModelHost:
             await job
 
     def _detach(self, slot: ModelSlot, why: str, allow_sleep: bool) -> Any:
-        """Mark the slot released now, synchronously, so no request can acquire it from here
-        on; returns the awaitable that stops (or puts to sleep) its engine, or None."""
-        runtime = slot.runtime
         self._timers.cancel(slot)
-        if runtime is None or slot.state not in ("loaded", "sleeping"):
-            return None
-        if slot.state == "sleeping" and allow_sleep:
-            return None  # already asleep
-        engine = runtime.engine
-        slot.reason = why
-        if allow_sleep and getattr(engine, "can_sleep", False):
-            slot.state = "sleeping"
-            return self._finish_sleep(slot, engine, why)
-        slot.runtime = None
-        slot.state = "unloaded"
-        return self._finish_unload(slot, engine, why)
-
-    async def _finish_sleep(self, slot: ModelSlot, engine: Any, why: str) -> None:
-        await engine.sleep()
-        log.info("%s is asleep: %s", slot.spec.name, why)
-
-    async def _finish_unload(self, slot: ModelSlot, engine: Any, why: str) -> None:
-        with contextlib.suppress(Exception):
-            await engine.stop()
-        del engine
-        collect()
-        log.info("%s unloaded: %s", slot.spec.name, why)
+        return detach(slot, why, allow_sleep)
 
     async def _watch_engines(self) -> None:
         """A model whose engine died is failed (with a back-off), not the node."""
