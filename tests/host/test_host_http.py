@@ -155,3 +155,34 @@ async def test_request_keep_alive_follows_ollama(node):
         if node.host.slots["a"].state == "unloaded":
             break
     assert node.host.slots["a"].state == "unloaded" and node.log == ["start a", "stop a"]
+
+
+def test_the_router_validates_keep_alive_with_the_node_schema():
+    from server.edge.errors import InvalidRequest
+    from server.edge.protocol import ChatCompletionRequest
+    from server.router.proxy import parse_body
+
+    ok = parse_body(b'{"model": "a", "messages": [{"role": "user", "content": "hi"}], "keep_alive": "5m"}',
+                    ChatCompletionRequest)
+    assert ok.keep_alive == "5m"
+    with pytest.raises(InvalidRequest) as bad:
+        parse_body(b'{"model": "a", "messages": [{"role": "user", "content": "hi"}], "keep_alive": "later"}',
+                   ChatCompletionRequest)
+    assert bad.value.param == "keep_alive" and "5m" in bad.value.message
+
+
+async def test_a_single_model_node_accepts_keep_alive_and_ignores_it(tmp_path):
+    from server.config import NodeSettings
+    from server.engine.sim import SimEngine
+    from server.runtime import NodeRuntime
+
+    settings = NodeSettings(engine="sim", state_dir=tmp_path, engine_options={"decode_ms": 1})
+    runtime = NodeRuntime(settings, SimEngine(settings, "solo"))
+    await runtime.start_engine()
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=build_app(runtime)),
+                                 base_url="http://127.0.0.1") as c:
+        r = await c.post("/v1/chat/completions", json={**chat("solo"), "keep_alive": 0})
+        assert r.status_code == 200 and runtime.state == "ready" and runtime.engine.is_healthy()
+        r = await c.post("/v1/chat/completions", json={**chat("solo"), "keep_alive": "never"})
+        assert r.status_code == 400 and r.json()["error"]["param"] == "keep_alive"
+    await runtime.engine.stop()
