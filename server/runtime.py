@@ -81,6 +81,7 @@ class ActiveRequest:
     last_token_at: float | None = None
     completion_tokens: int = 0
     itls: list[float] = field(default_factory=list)
+    queued: bool = False  # began behind a full batch (its TTFT includes a wait for a slot)
 
 
 class NodeRuntime:
@@ -209,7 +210,8 @@ class NodeRuntime:
 
     # --- accounting -----------------------------------------------------------------
     def begin(self, request_id: str, engine_ids: list[str], prompt_tokens: int, arrival: float) -> ActiveRequest:
-        a = ActiveRequest(engine_ids=engine_ids, prompt_tokens=prompt_tokens, arrival=arrival)
+        a = ActiveRequest(engine_ids=engine_ids, prompt_tokens=prompt_tokens, arrival=arrival,
+                          queued=self._in_flight_sequences() + len(engine_ids) > self.slots())
         self.active[request_id] = a
         self._idle.clear()
         return a
@@ -238,7 +240,8 @@ class NodeRuntime:
         if a.first_token_at is not None and finish_reason in ("stop", "length", "tool_calls"):
             e2e = (a.last_token_at or now) - a.arrival
             self.perf.record(RequestTiming(finished_at=now, ttft_s=a.first_token_at - a.arrival, e2e_s=e2e,
-                                           prompt_tokens=a.prompt_tokens, completion_tokens=a.completion_tokens))
+                                           prompt_tokens=a.prompt_tokens, completion_tokens=a.completion_tokens,
+                                           queued=a.queued))
             if self.metrics:
                 self.metrics.observe_request(ttft_s=a.first_token_at - a.arrival, itls=a.itls, e2e_s=e2e,
                                              prompt_tokens=a.prompt_tokens, completion_tokens=a.completion_tokens,
