@@ -7,7 +7,7 @@ loaded (``runtime.py`` stays single-model). The host owns, per model:
   and a back-off before a request may retry the load);
 - one load task, shared by every request that waits for it and shielded from their
   cancellation (a client that disconnects does not cancel a load others wait on);
-- its keep_alive timer (Ollama's meaning; ``None`` = never) and ``pinned`` flag;
+- its keep_alive (Ollama's meaning; ``None`` = never; a request may set its own) and ``pinned`` flag;
 - its share of the node's memory budget, from ``server/plan.py``'s estimate before a load
   and the engine's own figures after it. When a load needs room, the least recently used
   idle unpinned models are released first (:func:`server.host_policy.place`).
@@ -18,8 +18,12 @@ unavailable); otherwise a sleep is a full unload.
 
 The host quacks like a NodeRuntime where the HTTP app needs it (``state``, ``capacity()``,
 ``drain()``, ``start_engine()``, ``engine.is_healthy()/stop()``); requests get the model's
-own runtime from :meth:`ModelHost.acquire`, held loaded until admitted (:meth:`ModelHost.hold`). Errors are this module's own exceptions; the HTTP
-edge maps them to OpenAI envelopes.
+own runtime from :meth:`ModelHost.acquire`, held loaded until admitted (:meth:`ModelHost.hold`).
+Errors are this module's own exceptions; the HTTP edge maps them to OpenAI envelopes.
+
+Beside it: the records (``host_slots``), placement and keep_alive rules (``host_policy``),
+keep_alive timers (``host_idle``), releasing an engine (``host_release``), building engines
+(``host_engines``), and the capacity document and /metrics (``host_capacity``).
 """
 
 from __future__ import annotations
@@ -32,11 +36,29 @@ from collections.abc import Callable
 from typing import Any
 
 from server.config import NodeSettings
-from server.host_engines import collect, default_engine_factory, default_runtime_factory, measured_bytes, preimport
-from server.host_policy import Resident, backoff_s, idle_expired, place
-from server.host_slots import HOLDS_MEMORY, ModelSlot, ModelSpec, ModelState, ModelUnavailable, UnknownModel
+from server.host_capacity import HostMetrics, host_capacity, ident
+from server.host_engines import (
+    collect,
+    default_engine_factory,
+    default_runtime_factory,
+    measured_bytes,
+    preimport,
+)
+from server.host_idle import KeepAliveTimers
+from server.host_policy import Resident, place
+from server.host_release import detach, fail
+from server.host_slots import (
+    HOLDS_MEMORY,
+    MODEL_DEFAULT,
+    ModelSlot,
+    ModelSpec,
+    ModelState,
+    ModelUnavailable,
+    UnknownModel,
+)
 
 log = logging.getLogger("edgefleet.host")
+
 
 class _HostEngine:
     """What the app's lifespan asks of ``runtime.engine``: health and stop."""
@@ -76,25 +98,22 @@ class ModelHost:
         self.clock = clock
         self.state = "starting"
         self.engine = _HostEngine(self)
-        self.metrics = None  # per-model metrics live on each model's runtime (not rendered yet)
+        self.metrics = HostMetrics(self)  # one /metrics, each model's series labelled with its name
         self.start_error: str | None = None
         self._place_lock = asyncio.Lock()
         self._bg: set[asyncio.Task] = set()
         self._watch: asyncio.Task | None = None
         self._imported: asyncio.Task | None = None
         self._identity: Any = None  # node_id, name, probe: built on first capacity()
+        self._timers = KeepAliveTimers(clock, self._release_idle)
 
     # --- the NodeRuntime surface the app uses ------------------------------------------
     @property
     def name(self) -> str:
-        from server.host_capacity import ident
-
         return ident(self).name
 
     @property
     def node_id(self) -> str:
-        from server.host_capacity import ident
-
         return ident(self).node_id
 
     @property
@@ -165,22 +184,26 @@ class ModelHost:
             raise UnknownModel(model)
         return slot
 
-    async def acquire(self, model: str) -> Any:
+    async def acquire(self, model: str, priority: int = 0, keep_alive: float | None = MODEL_DEFAULT) -> Any:
         """The model's runtime, loading or waking it first if needed (bounded by the load
-        timeout). Callers :meth:`hold` it at once (no await in between) until their request
-        is admitted (``Generation``), so an idle timer cannot release the model under them."""
+        timeout; the wait counts in the capacity document's queue under ``priority``).
+        Callers :meth:`hold` it at once (no await in between) until their request is admitted
+        (``Generation``), so an idle timer cannot release the model under them. ``keep_alive``
+        (seconds, None = never): the request's own, which governs the model from now on
+        (Ollama's rule: the last request's value, or the model's own when it names none)."""
         slot = self.slot(model)
         if self.state == "draining":
             raise ModelUnavailable("The node is draining; not accepting requests.", code="draining",
                                    retry_after=5)
         if slot.state == "loaded" and slot.runtime is not None:
-            self._touch(slot)
+            self._timers.touch(slot)
+            slot.set_request_keep_alive(keep_alive)
             return slot.runtime
         if slot.state == "failed" and self.clock() < slot.retry_at:
             raise ModelUnavailable(f"Model '{model}' failed to load: {slot.reason}", code="model_load_failed",
                                    retry_after=max(1.0, slot.retry_at - self.clock()))
         task = self._ensure_task(slot)
-        slot.waiters += 1
+        slot.add_waiter(priority)
         try:
             await asyncio.wait_for(asyncio.shield(task), timeout=self.load_timeout)
         except TimeoutError:
@@ -193,14 +216,15 @@ class ModelHost:
             raise ModelUnavailable(f"Model '{model}': the load was abandoned; the node is draining.",
                                    code="draining", retry_after=5) from None
         finally:
-            slot.waiters -= 1
+            slot.drop_waiter(priority)
         if slot.state != "loaded" or slot.runtime is None:
             raise ModelUnavailable(f"Model '{model}' could not be loaded: {slot.reason}", code="model_load_failed",
                                    retry_after=max(1.0, slot.retry_at - self.clock()))
         if self.state == "draining":  # SIGTERM arrived while this request waited for the load
             raise ModelUnavailable("The node is draining; not accepting requests.", code="draining",
                                    retry_after=5)
-        self._touch(slot)
+        self._timers.touch(slot)
+        slot.set_request_keep_alive(keep_alive)
         return slot.runtime
 
     def hold(self, model: str) -> None:
@@ -213,11 +237,7 @@ class ModelHost:
         slot = self.slot(model)
         slot.holds -= 1
         if not slot.holds and slot.runtime is not None and not slot.runtime.active:
-            self._schedule_idle(slot)  # nothing was admitted (e.g. a 400): keep_alive runs from now
-
-    def _touch(self, slot: ModelSlot) -> None:
-        slot.last_used = self.clock()
-        slot.last_used_unix = time.time()
+            self._timers.schedule(slot)  # nothing was admitted (e.g. a 400): keep_alive runs from now
 
     # --- admin -------------------------------------------------------------------------
     async def load(self, model: str) -> ModelSlot:
@@ -226,8 +246,8 @@ class ModelHost:
         if slot.state != "loaded":
             slot.retry_at = 0.0
             await asyncio.shield(self._ensure_task(slot))
-            self._touch(slot)
-            self._schedule_idle(slot)
+            self._timers.touch(slot)
+            self._timers.schedule(slot)
         return slot
 
     async def sleep(self, model: str) -> ModelSlot:
@@ -290,16 +310,17 @@ class ModelHost:
                 engine = self.engine_factory(spec.settings)
                 runtime = self.runtime_factory(spec.settings, engine)
                 await runtime.start_engine()
+                runtime.metrics = self.metrics.for_model(spec.name)  # the node's registry, this model's label
                 slot.runtime = runtime
                 slot.load_s = self.clock() - t0
                 slot.loads += 1
                 slot.measured_bytes = measured_bytes(runtime, spec.memory_bytes)
                 log.info("loaded %s in %.2f s", spec.name, slot.load_s)
-            slot.runtime.on_idle = lambda: self._schedule_idle(slot)
+            slot.runtime.on_idle = lambda: self._timers.schedule(slot)
             slot.state = "loaded"
             slot.failures = 0
-            self._touch(slot)
-            self._schedule_idle(slot)
+            self._timers.touch(slot)
+            self._timers.schedule(slot)
         except asyncio.CancelledError:  # SIGTERM during a load: abandon it, hold nothing
             slot.state = "unloaded"
             slot.reason = "load abandoned (node stopping)"
@@ -321,40 +342,13 @@ class ModelHost:
             collect()
 
     def _fail(self, slot: ModelSlot, reason: str) -> None:
-        slot.state = "failed"
-        slot.reason = reason
-        slot.failures += 1
-        slot.retry_at = self.clock() + backoff_s(slot.failures)
+        fail(slot, reason, self.clock())
 
-    # --- idling and releasing -----------------------------------------------------------
-    def _schedule_idle(self, slot: ModelSlot) -> None:
-        """Called after a load and whenever the model's last request ends."""
-        if slot.timer is not None:
-            slot.timer.cancel()
-            slot.timer = None
-        ka = slot.spec.keep_alive_s
-        if ka is None or slot.spec.pinned or slot.state != "loaded":
-            return
-        if slot.runtime is not None and not slot.runtime.active:
-            slot.last_used = self.clock()
-            slot.last_used_unix = time.time()
-        with contextlib.suppress(RuntimeError):  # no running loop: nothing to schedule
-            slot.timer = asyncio.get_running_loop().call_later(ka, self._idle_check, slot)
-
-    def _idle_check(self, slot: ModelSlot) -> None:
-        slot.timer = None
-        if slot.state != "loaded":
-            return
-        if idle_expired(slot.spec.keep_alive_s, slot.spec.pinned, slot.busy, slot.last_used, self.clock()):
-            job = self._detach(slot, f"idle past keep_alive ({slot.spec.keep_alive_s:g} s)", True)
-            if job is not None:
-                self._spawn(job)
-        elif slot.spec.keep_alive_s is not None and not slot.spec.pinned:
-            # Not yet idle long enough, or busy: look again when it could be (a request that
-            # acquired the model but failed before it began never calls on_idle).
-            left = slot.last_used + slot.spec.keep_alive_s - self.clock()
-            delay = max(0.5, slot.spec.keep_alive_s if slot.busy else left)
-            slot.timer = asyncio.get_running_loop().call_later(delay, self._idle_check, slot)
+    # --- releasing ---------------------------------------------------------------------
+    def _release_idle(self, slot: ModelSlot, why: str) -> None:
+        job = self._detach(slot, why, True)
+        if job is not None:
+            self._spawn(job)
 
     def _spawn(self, coro: Any) -> None:
         t = asyncio.create_task(coro)
@@ -367,35 +361,8 @@ class ModelHost:
             await job
 
     def _detach(self, slot: ModelSlot, why: str, allow_sleep: bool) -> Any:
-        """Mark the slot released now, synchronously, so no request can acquire it from here
-        on; returns the awaitable that stops (or puts to sleep) its engine, or None."""
-        runtime = slot.runtime
-        if slot.timer is not None:
-            slot.timer.cancel()
-            slot.timer = None
-        if runtime is None or slot.state not in ("loaded", "sleeping"):
-            return None
-        if slot.state == "sleeping" and allow_sleep:
-            return None  # already asleep
-        engine = runtime.engine
-        slot.reason = why
-        if allow_sleep and getattr(engine, "can_sleep", False):
-            slot.state = "sleeping"
-            return self._finish_sleep(slot, engine, why)
-        slot.runtime = None
-        slot.state = "unloaded"
-        return self._finish_unload(slot, engine, why)
-
-    async def _finish_sleep(self, slot: ModelSlot, engine: Any, why: str) -> None:
-        await engine.sleep()
-        log.info("%s is asleep: %s", slot.spec.name, why)
-
-    async def _finish_unload(self, slot: ModelSlot, engine: Any, why: str) -> None:
-        with contextlib.suppress(Exception):
-            await engine.stop()
-        del engine
-        collect()
-        log.info("%s unloaded: %s", slot.spec.name, why)
+        self._timers.cancel(slot)
+        return detach(slot, why, allow_sleep)
 
     async def _watch_engines(self) -> None:
         """A model whose engine died is failed (with a back-off), not the node."""
@@ -411,9 +378,8 @@ class ModelHost:
 
     # --- the capacity document ----------------------------------------------------------
     def capacity(self, prompt_tokens: int | None = None, max_tokens: int | None = None, priority: int = 0) -> Any:
-        from server.host_capacity import host_capacity
-
         return host_capacity(self, prompt_tokens, max_tokens, priority)
 
 
-__all__ = ["HOLDS_MEMORY", "ModelHost", "ModelSlot", "ModelSpec", "ModelState", "ModelUnavailable", "UnknownModel"]
+__all__ = ["HOLDS_MEMORY", "MODEL_DEFAULT", "ModelHost", "ModelSlot", "ModelSpec", "ModelState", "ModelUnavailable",
+           "UnknownModel"]

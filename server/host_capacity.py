@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 from server import __version__
 from server.capacity.accelerators import AcceleratorProbe
+from server.capacity.metrics import ModelLoad, NodeMetrics
 from server.capacity.perf import predict_ttft
 from server.capacity.schema import (
     Capacity,
@@ -26,7 +27,8 @@ from server.capacity.schema import (
 )
 
 if TYPE_CHECKING:
-    from server.host import ModelHost, ModelSlot
+    from server.host import ModelHost
+    from server.host_slots import ModelSlot
 
 
 class _Ident:
@@ -61,20 +63,55 @@ def model_entry(slot: ModelSlot) -> ModelEntry:
         base = dict(id=spec.name, root=str(s.model or spec.name), max_model_len=spec.max_model_len or 0,
                     dtype=s.dtype, quantization=s.quantization)
     return ModelEntry(**base, state=slot.state, state_reason=slot.reason, pinned=spec.pinned,
-                      keep_alive_s=spec.keep_alive_s, memory_bytes=slot.memory_bytes,
+                      keep_alive_s=slot.keep_alive_s, memory_bytes=slot.memory_bytes,
                       last_used=slot.last_used_unix, load_s=slot.load_s, wake_s=slot.wake_s,
                       running=running, waiting=waiting + slot.waiters)  # waiting for its load too
 
 
-def _queue_by_priority(stats: list) -> list[PriorityQueue]:
-    """The loaded engines' waiting work per priority class, summed (they share the box)."""
+def model_load(slot: ModelSlot) -> ModelLoad:
+    """A model's engine gauges for /metrics: its engine's figures while loaded (waiting counts
+    the requests waiting for its load or wake, as in its ``models[]`` entry), else zeros."""
+    if slot.state == "loaded" and slot.runtime is not None:
+        st = slot.runtime.engine.stats()
+        return ModelLoad(slot.spec.name, st.num_running, st.num_waiting + slot.waiters, st.kv_cache_usage)
+    return ModelLoad(slot.spec.name, 0, slot.waiters, 0.0)
+
+
+class HostMetrics:
+    """``/metrics`` of a model host: one registry for the node; each model's runtime records
+    into it through a view labelled with the model's name (:meth:`NodeMetrics.for_model`),
+    and :meth:`render` is the single-model node's render with one gauge set per model."""
+
+    def __init__(self, host: ModelHost):
+        self._host = host
+        self.root = NodeMetrics("")  # node-wide series need no model; per-model ones go through views
+
+    def for_model(self, name: str) -> NodeMetrics:
+        return self.root.for_model(name)
+
+    def render(self, cap: Capacity, in_flight: int) -> bytes:
+        return self.root.render(cap, in_flight, [model_load(sl) for sl in self._host.slots.values()])
+
+
+def _queue_by_priority(stats: list, slots: list[ModelSlot]) -> list[PriorityQueue]:
+    """The loaded engines' waiting work per priority class, summed (they share the box), and
+    the requests waiting for a model's load or wake in their class (their prompts are not
+    tokenized yet: they add requests, not prompt tokens)."""
     classes: dict[int, list[int]] = {}
     for st in stats:
         for p, (n, t) in st.waiting_by_priority.items():
             c = classes.setdefault(p, [0, 0])
             c[0] += n
             c[1] += t
+    for sl in slots:
+        for p, n in sl.waiters_by_priority.items():
+            classes.setdefault(p, [0, 0])[0] += n
     return [PriorityQueue(priority=p, waiting=n, waiting_prompt_tokens=t) for p, (n, t) in sorted(classes.items())]
+
+
+def _load_waiters_ahead(slots: list[ModelSlot], priority: int) -> int:
+    """Requests waiting for a load that will run no later than a request of ``priority``."""
+    return sum(n for sl in slots for p, n in sl.waiters_by_priority.items() if p <= priority)
 
 
 def host_capacity(host: ModelHost, prompt_tokens: int | None, max_tokens: int | None,
@@ -95,7 +132,7 @@ def host_capacity(host: ModelHost, prompt_tokens: int | None, max_tokens: int | 
                       kv_free_tokens=sum(st.kv_free_tokens for st in stats), kv_total_tokens=total_tokens,
                       max_concurrent_sequences=max([st.max_num_seqs or s.max_num_seqs for st in stats]
                                                    or [s.max_num_seqs]),
-                      queue_by_priority=_queue_by_priority(stats))
+                      queue_by_priority=_queue_by_priority(stats, list(host.slots.values())))
     recent = max(loaded, key=lambda sl: sl.last_used, default=None)
     summary = recent.runtime.perf.summary() if recent is not None else {"window_s": 60.0, "requests": 0}
     cap = Capacity(
@@ -112,9 +149,12 @@ def host_capacity(host: ModelHost, prompt_tokens: int | None, max_tokens: int | 
         memory_budget_bytes=host.budget_bytes,
     )
     if prompt_tokens is not None:
-        preds = [sl.runtime.predict(prompt_tokens, priority) for sl in loaded]
+        # Requests waiting for a load join the box's queue when it ends: they count as
+        # sequences ahead of this one (those of its priority or a more urgent one).
+        ahead = _load_waiters_ahead(list(host.slots.values()), priority)
+        preds = [sl.runtime.predict(prompt_tokens, priority, extra_ahead=ahead) for sl in loaded]
         pred = max(preds, key=lambda p: p.predicted_ttft_s, default=None) or predict_ttft(
-            prompt_tokens=prompt_tokens, waiting_prompt_tokens=0, in_flight=0, max_num_seqs=s.max_num_seqs,
+            prompt_tokens=prompt_tokens, waiting_prompt_tokens=0, in_flight=ahead, max_num_seqs=s.max_num_seqs,
             summary=summary)
         admit = host.state == "ready"
         reason = "ok" if admit else f"node is {host.state}"

@@ -27,7 +27,10 @@ def parse_keep_alive(value: str | float | None) -> float | None:
     if isinstance(value, bool):
         raise ValueError(f"keep_alive must be a duration like 5m, 0 or -1, not {value!r}")
     if isinstance(value, (int, float)):
-        seconds = float(value)
+        try:
+            seconds = float(value)
+        except OverflowError:  # an integer beyond any float
+            raise ValueError("keep_alive is out of range") from None
     else:
         m = _DURATION.match(str(value).lower())
         if not m:

@@ -81,6 +81,7 @@ class ActiveRequest:
     last_token_at: float | None = None
     completion_tokens: int = 0
     itls: list[float] = field(default_factory=list)
+    queued: bool = False  # began behind a full batch (its TTFT includes a wait for a slot)
 
 
 class NodeRuntime:
@@ -195,20 +196,22 @@ class NodeRuntime:
         mean = self.perf.summary().get("mean_e2e_s") or 1.0
         return max(1, math.ceil(float(mean)))
 
-    def predict(self, prompt_tokens: int, priority: int = 0) -> TtftPrediction:
+    def predict(self, prompt_tokens: int, priority: int = 0, extra_ahead: int = 0) -> TtftPrediction:
         """Predicted TTFT for a request of ``priority``: only waiting work that runs no later than
-        it (priority <= its own) counts as ahead of it."""
+        it (priority <= its own) counts as ahead of it. ``extra_ahead``: sequences the engine
+        does not see yet that will run before it (a model host's requests waiting for a load)."""
         stats = self.engine.stats()
         waiting_ahead, tokens_ahead = stats.waiting_at_or_before(priority)
         behind = max(0, stats.num_waiting - waiting_ahead)
-        in_flight = max(0, self._in_flight_sequences() - behind)
+        in_flight = max(0, self._in_flight_sequences() - behind) + extra_ahead
         return predict_ttft(prompt_tokens=prompt_tokens, waiting_prompt_tokens=tokens_ahead,
                             in_flight=in_flight, max_num_seqs=self.slots(),
                             summary=self.perf.summary())
 
     # --- accounting -----------------------------------------------------------------
     def begin(self, request_id: str, engine_ids: list[str], prompt_tokens: int, arrival: float) -> ActiveRequest:
-        a = ActiveRequest(engine_ids=engine_ids, prompt_tokens=prompt_tokens, arrival=arrival)
+        a = ActiveRequest(engine_ids=engine_ids, prompt_tokens=prompt_tokens, arrival=arrival,
+                          queued=self._in_flight_sequences() + len(engine_ids) > self.slots())
         self.active[request_id] = a
         self._idle.clear()
         return a
@@ -237,7 +240,8 @@ class NodeRuntime:
         if a.first_token_at is not None and finish_reason in ("stop", "length", "tool_calls"):
             e2e = (a.last_token_at or now) - a.arrival
             self.perf.record(RequestTiming(finished_at=now, ttft_s=a.first_token_at - a.arrival, e2e_s=e2e,
-                                           prompt_tokens=a.prompt_tokens, completion_tokens=a.completion_tokens))
+                                           prompt_tokens=a.prompt_tokens, completion_tokens=a.completion_tokens,
+                                           queued=a.queued))
             if self.metrics:
                 self.metrics.observe_request(ttft_s=a.first_token_at - a.arrival, itls=a.itls, e2e_s=e2e,
                                              prompt_tokens=a.prompt_tokens, completion_tokens=a.completion_tokens,

@@ -94,9 +94,9 @@ def _logprobs_json(items: list[PositionLogprobs] | None) -> list[dict[str, Any]]
 async def create_chat_completion(body: ChatCompletionRequest, request: Request,
                                  runtime: Annotated[NodeRuntime, Depends(get_ready_runtime)]) -> Response:
     # multi-model nodes: load on demand; held loaded until the request is admitted
-    async with model_runtime(request, runtime, body.model) as runtime:
+    priority = resolve_priority(request, body.priority)
+    async with model_runtime(request, runtime, body.model, priority, body.keep_alive) as runtime:
         check_model_and_n(runtime, body.model, body.n)
-        priority = resolve_priority(request, body.priority)
         mode = body.tool_mode()
         prompt = await off_loop(request, _render, runtime, body, mode)
         max_tokens = resolve_max_tokens(runtime, len(prompt), body.requested_max_tokens())

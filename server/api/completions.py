@@ -69,9 +69,9 @@ class _Logprobs:
 async def create_completion(body: CompletionRequest, request: Request,
                             runtime: Annotated[NodeRuntime, Depends(get_ready_runtime)]) -> Response:
     # multi-model nodes: load on demand; held loaded until the request is admitted
-    async with model_runtime(request, runtime, body.model) as runtime:
+    priority = resolve_priority(request, body.priority)
+    async with model_runtime(request, runtime, body.model, priority, body.keep_alive) as runtime:
         check_model_and_n(runtime, body.model, body.n)
-        priority = resolve_priority(request, body.priority)
         prompt, prompt_text = await off_loop(request, _prompt_ids, runtime, body)
         if not prompt:
             raise InvalidRequest("prompt must not be empty.", param="prompt")

@@ -21,8 +21,9 @@ from server.edge.errors import (
     PermissionDenied,
     sanitize,
 )
-from server.host import ModelHost, ModelUnavailable, UnknownModel
+from server.host import MODEL_DEFAULT, ModelHost, ModelUnavailable, UnknownModel
 from server.host_capacity import model_entry
+from server.host_policy import parse_keep_alive
 
 router = APIRouter()
 
@@ -45,16 +46,20 @@ def _unknown(model: str) -> ModelNotFound:
 
 
 @contextlib.asynccontextmanager
-async def model_runtime(request: Request, runtime: Any, model: str) -> AsyncIterator[Any]:
+async def model_runtime(request: Request, runtime: Any, model: str, priority: int = 0,
+                        keep_alive: str | float | None = None) -> AsyncIterator[Any]:
     """The runtime that serves ``model``: the node's own on a single-model node; on a model
-    host, the model's, after loading or waking it (the wait is bounded by --load-timeout),
-    held loaded until the block ends: admit the request (``Generation``) inside it."""
+    host, the model's, after loading or waking it (the wait is bounded by --load-timeout and
+    counts in the queue under ``priority``), held loaded until the block ends: admit the
+    request (``Generation``) inside it. ``keep_alive``: the request's own (Ollama's meaning,
+    validated by the request schema); a single-model node never unloads, so it ignores it."""
     host: ModelHost | None = getattr(request.app.state, "host", None)
     if host is None:
         yield runtime
         return
+    ka = MODEL_DEFAULT if keep_alive is None else parse_keep_alive(keep_alive)
     try:
-        rt = await host.acquire(model)
+        rt = await host.acquire(model, priority, ka)
     except UnknownModel:
         raise _unknown(model) from None
     except ModelUnavailable as exc:

@@ -11,6 +11,9 @@ adapters, so the lists are empty and ``max_lora`` is 0)."""
 
 from __future__ import annotations
 
+import copy
+from dataclasses import dataclass
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from server.capacity.schema import Capacity
@@ -23,6 +26,16 @@ ITL_BUCKETS = (0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.
 E2E_BUCKETS = (0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 40.0, 50.0, 60.0, 120.0,
                240.0, 480.0, 960.0, 1920.0, 7680.0)
 STATES = ("starting", "ready", "draining", "sleeping")
+
+
+@dataclass(slots=True)
+class ModelLoad:
+    """One model's share of the engine gauges (a model host exports one per model)."""
+
+    model_name: str
+    running: int
+    waiting: int
+    kv_cache_usage: float
 
 
 class NodeMetrics:
@@ -62,6 +75,14 @@ class NodeMetrics:
         self.acc_temp = Gauge("edgefleet_gpu_temperature_celsius", "GPU temperature.", acc, registry=r)
         self.acc_power = Gauge("edgefleet_gpu_power_watts", "GPU power draw.", acc, registry=r)
 
+    def for_model(self, model_name: str) -> NodeMetrics:
+        """A view that records under ``model_name`` into this registry: a model host gives
+        each model's runtime one, so one /metrics carries every model (label ``model_name``)
+        and a model's counters survive its unloads."""
+        view = copy.copy(self)
+        view.model_name = model_name
+        return view
+
     def observe_request(self, *, ttft_s: float | None, itls: list[float], e2e_s: float, prompt_tokens: int,
                         completion_tokens: int, finish_reason: str) -> None:
         lbl = self.model_name
@@ -74,11 +95,15 @@ class NodeMetrics:
         self.generation_tokens.labels(lbl).inc(completion_tokens)
         self.success.labels(lbl, finish_reason).inc()
 
-    def render(self, cap: Capacity, in_flight: int) -> bytes:
-        lbl = self.model_name
-        self.running.labels(lbl).set(cap.load.running)
-        self.waiting.labels(lbl).set(cap.load.waiting)
-        self.kv_usage.labels(lbl).set(cap.load.kv_cache_usage)
+    def render(self, cap: Capacity, in_flight: int, models: list[ModelLoad] | None = None) -> bytes:
+        """The exposition: the engine gauges per model (``models``; by default this node's one
+        model from ``cap.load``), the node's state, admission and accelerators from ``cap``."""
+        if models is None:
+            models = [ModelLoad(self.model_name, cap.load.running, cap.load.waiting, cap.load.kv_cache_usage)]
+        for m in models:
+            self.running.labels(m.model_name).set(m.running)
+            self.waiting.labels(m.model_name).set(m.waiting)
+            self.kv_usage.labels(m.model_name).set(m.kv_cache_usage)
         if cap.cache is not None and cap.cache.block_size:
             blocks = cap.load.kv_total_tokens // cap.cache.block_size
             self.cache_config.clear()  # one series: the current configuration

@@ -12,8 +12,19 @@ import time
 from enum import Enum
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    StrictStr,
+    field_validator,
+    model_validator,
+)
 
+from server.host_policy import parse_keep_alive
 from server.sampling import SamplingOptions
 
 MAX_STOP_STRINGS = 16
@@ -178,6 +189,9 @@ class _SamplingFields(_Strict):
     include_stop_str_in_output: StrictBool = False
     priority: StrictInt | None = Field(None, description="vLLM-style scheduling priority, lower runs first "
                                        "(default 0, allowed -100..100); an X-Edgefleet-Priority header overrides it.")
+    keep_alive: StrictStr | StrictInt | StrictFloat | None = Field(
+        None, description="Ollama-style: how long a multi-model node keeps this model loaded after this request "
+        "(a duration like '5m' or '30s', seconds, 0 = release after it, -1 = never); null: the model's own.")
 
     @model_validator(mode="before")
     @classmethod
@@ -187,6 +201,13 @@ class _SamplingFields(_Strict):
                 if key in data:
                     raise ValueError(f"'{key}' is not accepted: the operator chooses it, not the request")
         return data
+
+    @field_validator("keep_alive")
+    @classmethod
+    def _check_keep_alive(cls, v: str | int | float | None) -> str | int | float | None:
+        if v is not None:
+            parse_keep_alive(v)  # raises ValueError with the reason
+        return v
 
     @field_validator("stop")
     @classmethod

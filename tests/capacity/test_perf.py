@@ -37,3 +37,43 @@ def test_node_id_is_stable_across_restarts(tmp_path):
     assert stable_node_id(s) == first and (tmp_path / "node_id").read_text().strip() == first
     assert stable_node_id(NodeSettings(state_dir=tmp_path / "other")) != first
     assert stable_node_id(NodeSettings(state_dir=tmp_path, port=8001)) != first  # a second node, same box
+
+
+def test_queued_requests_count_their_slot_time_not_their_wait():
+    w = PerfWindow(window_s=60)
+    # found a free slot: TTFT is prefill (100 tokens in 0.1 s), E2E 1.0 s
+    w.record(RequestTiming(finished_at=10.0, ttft_s=0.1, e2e_s=1.0, prompt_tokens=100, completion_tokens=10))
+    # waited 2 s for a slot: TTFT 2.1 s, E2E 3.0 s; it held its slot for 1.0 s too
+    w.record(RequestTiming(finished_at=11.0, ttft_s=2.1, e2e_s=3.0, prompt_tokens=100, completion_tokens=10,
+                           queued=True))
+    s = w.summary(now=12.0)
+    assert s["prefill_tokens_per_s"] == 1000.0  # from the direct request only (not 200 / 2.2 s)
+    assert abs(s["mean_busy_s"] - 1.0) < 1e-9 and s["mean_e2e_s"] == 2.0
+    p = predict_ttft(prompt_tokens=100, waiting_prompt_tokens=0, in_flight=5, max_num_seqs=4, summary=s)
+    assert abs(p.queue_wait_s - 0.5) < 1e-9  # 2 ahead / 4 slots x 1.0 s held, not x 2.0 s E2E
+
+
+def test_runtime_marks_a_request_that_began_behind_a_full_batch():
+    from server.runtime import NodeRuntime
+    from tests.fakes import ScriptedEngine
+
+    rt = NodeRuntime(NodeSettings(engine="sim"), ScriptedEngine(tokens=2, step_s=0.0, max_num_seqs=1))
+    first = rt.begin("a", ["a-0"], 10, 0.0)
+    second = rt.begin("b", ["b-0"], 10, 0.0)
+    assert not first.queued and second.queued
+
+
+def test_a_node_busy_past_the_window_keeps_its_last_direct_prefill_rate():
+    w = PerfWindow(window_s=10)
+    w.record(RequestTiming(finished_at=1.0, ttft_s=0.1, e2e_s=1.0, prompt_tokens=100, completion_tokens=10))
+    assert w.summary(now=2.0)["prefill_tokens_per_s"] == 1000.0
+    # 20 s later every request in the window queued (TTFT 2 s of waiting): the rate stays
+    w.record(RequestTiming(finished_at=20.0, ttft_s=2.1, e2e_s=3.0, prompt_tokens=100, completion_tokens=10,
+                           queued=True))
+    s = w.summary(now=21.0)
+    assert s["requests"] == 1 and s["prefill_tokens_per_s"] == 1000.0 and abs(s["mean_busy_s"] - 1.0) < 1e-9
+    assert w.summary(now=60.0)["prefill_tokens_per_s"] is None  # nothing recent at all
+    fresh = PerfWindow(window_s=10)  # never saw a direct request: every request's rate, as before
+    fresh.record(RequestTiming(finished_at=1.0, ttft_s=2.0, e2e_s=3.0, prompt_tokens=100, completion_tokens=10,
+                               queued=True))
+    assert fresh.summary(now=2.0)["prefill_tokens_per_s"] == 50.0

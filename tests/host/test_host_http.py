@@ -3,6 +3,8 @@ unknown model, /v1/models with states, the admin routes and who may call them.""
 
 from __future__ import annotations
 
+import asyncio
+
 import httpx
 import pytest
 
@@ -94,3 +96,93 @@ def test_fleet_table_marks_models_that_are_not_loaded():
     assert _model_label({"id": "a", "state": "loaded"}) == "a"
     assert _model_label({"id": "b", "state": "sleeping"}) == "b (sleeping)"
     assert _model_label({"id": "c", "state": "failed"}) == "c (failed)"
+
+
+def samples(text: str, name: str) -> dict[str, float]:
+    """``{label text: value}`` of one metric in a Prometheus exposition."""
+    out = {}
+    for line in text.splitlines():
+        if line.startswith(name + "{") or line.startswith(name + " "):
+            labels, _, value = line[len(name):].rpartition(" ")
+            out[labels] = float(value)
+    return out
+
+
+async def test_metrics_carry_every_model_under_its_name(node):
+    assert (await node.post("/v1/chat/completions", json=chat("a"))).status_code == 200
+    assert (await node.post("/v1/chat/completions", json=chat("a"))).status_code == 200
+    r = await node.get("/metrics")
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
+    text = r.text
+    assert samples(text, "vllm:request_success_total") == {'{finished_reason="length",model_name="a"}': 2.0}
+    assert samples(text, "vllm:time_to_first_token_seconds_count") == {'{model_name="a"}': 2.0}
+    assert samples(text, "vllm:generation_tokens_total") == {'{model_name="a"}': 6.0}
+    # the engine gauges: one series per model, loaded or not (b never loaded: zeros)
+    assert samples(text, "vllm:num_requests_running") == {'{model_name="a"}': 0.0, '{model_name="b"}': 0.0}
+    assert set(samples(text, "vllm:num_requests_waiting")) == {'{model_name="a"}', '{model_name="b"}'}
+    assert samples(text, "edgefleet_node_state")['{state="ready"}'] == 1.0
+    # a model's counters survive its unload and reload (they live in the node's registry)
+    assert (await node.post("/v1/models/a/unload")).status_code == 200
+    assert (await node.post("/v1/chat/completions", json=chat("a"))).status_code == 200
+    text = (await node.get("/metrics")).text
+    assert samples(text, "vllm:request_success_total") == {'{finished_reason="length",model_name="a"}': 3.0}
+    assert node.log == ["start a", "stop a", "start a"]
+
+
+@pytest.mark.parametrize("value", ["soon", "5 minutes", True, [1], {"s": 1}, "1e3", "", 10**400])
+async def test_bad_keep_alive_is_a_400_naming_the_field(node, value):
+    r = await node.post("/v1/chat/completions", json={**chat("a"), "keep_alive": value})
+    assert r.status_code == 400
+    err = r.json()["error"]
+    assert err["param"] == "keep_alive" and err["type"] == "invalid_request_error"
+    r = await node.post("/v1/completions", json={"model": "a", "prompt": "x", "keep_alive": value})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "keep_alive"
+    assert node.log == []  # refused before anything loaded
+
+
+async def test_request_keep_alive_follows_ollama(node):
+    r = await node.post("/v1/chat/completions", json={**chat("a"), "keep_alive": "1h"})
+    assert r.status_code == 200
+    card = next(m for m in (await node.get("/v1/models")).json()["data"] if m["id"] == "a")
+    assert card["state"] == "loaded" and card["keep_alive_s"] == 3600.0
+    r = await node.post("/v1/completions", json={"model": "a", "prompt": "x", "max_tokens": 1, "keep_alive": -1})
+    cap = (await node.get("/v1/capacity")).json()
+    assert r.status_code == 200 and next(m for m in cap["models"] if m["id"] == "a")["keep_alive_s"] is None
+    r = await node.post("/v1/chat/completions", json={**chat("a"), "keep_alive": 0})  # release after this one
+    assert r.status_code == 200
+    for _ in range(40):
+        await asyncio.sleep(0.05)
+        if node.host.slots["a"].state == "unloaded":
+            break
+    assert node.host.slots["a"].state == "unloaded" and node.log == ["start a", "stop a"]
+
+
+def test_the_router_validates_keep_alive_with_the_node_schema():
+    from server.edge.errors import InvalidRequest
+    from server.edge.protocol import ChatCompletionRequest
+    from server.router.proxy import parse_body
+
+    ok = parse_body(b'{"model": "a", "messages": [{"role": "user", "content": "hi"}], "keep_alive": "5m"}',
+                    ChatCompletionRequest)
+    assert ok.keep_alive == "5m"
+    with pytest.raises(InvalidRequest) as bad:
+        parse_body(b'{"model": "a", "messages": [{"role": "user", "content": "hi"}], "keep_alive": "later"}',
+                   ChatCompletionRequest)
+    assert bad.value.param == "keep_alive" and "5m" in bad.value.message
+
+
+async def test_a_single_model_node_accepts_keep_alive_and_ignores_it(tmp_path):
+    from server.config import NodeSettings
+    from server.engine.sim import SimEngine
+    from server.runtime import NodeRuntime
+
+    settings = NodeSettings(engine="sim", state_dir=tmp_path, engine_options={"decode_ms": 1})
+    runtime = NodeRuntime(settings, SimEngine(settings, "solo"))
+    await runtime.start_engine()
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=build_app(runtime)),
+                                 base_url="http://127.0.0.1") as c:
+        r = await c.post("/v1/chat/completions", json={**chat("solo"), "keep_alive": 0})
+        assert r.status_code == 200 and runtime.state == "ready" and runtime.engine.is_healthy()
+        r = await c.post("/v1/chat/completions", json={**chat("solo"), "keep_alive": "never"})
+        assert r.status_code == 400 and r.json()["error"]["param"] == "keep_alive"
+    await runtime.engine.stop()

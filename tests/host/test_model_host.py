@@ -4,9 +4,11 @@ placement within the budget, failures and back-off, sleep and wake, shutdown dur
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
 
+from server.capacity.perf import RequestTiming
 from server.capacity.schema import SCHEMA_VERSION
 from server.host import ModelUnavailable, UnknownModel
 from tests.host.hostfakes import Clock, make_host, request
@@ -349,4 +351,70 @@ async def test_keep_alive_0_still_unloads_after_a_request_that_failed_before_it_
         if host.slots["a"].state == "unloaded":
             break
     assert host.slots["a"].state == "unloaded" and log == ["start a", "stop a"]
+    await host.stop()
+
+
+async def test_load_waiters_count_in_their_priority_class_and_in_the_prediction(tmp_path):
+    host, _, _ = make_host(tmp_path, {"a": {"start_s": 0.3}, "b": {}})  # 4 sequence slots
+    await host.start_engine()
+    b = await host.acquire("b")  # loaded and idle: its prediction is the node's
+    b.perf.record(RequestTiming(finished_at=time.monotonic(), ttft_s=0.1, e2e_s=1.0, prompt_tokens=100,
+                                completion_tokens=10))  # a recent mean E2EL of 1 s
+    quiet = host.capacity(prompt_tokens=100, priority=0).prediction
+    assert quiet.predicted_queue_wait_ms == 0
+    waiters = [asyncio.create_task(host.acquire("a", p)) for p in (-5, 0, 0, 0, 0, 0, 7)]
+    await asyncio.sleep(0.05)
+    cap = host.capacity(prompt_tokens=100, priority=0)
+    assert [(q.priority, q.waiting, q.waiting_prompt_tokens) for q in cap.load.queue_by_priority] == [
+        (-5, 1, 0), (0, 5, 0), (7, 1, 0)]
+    assert cap.load.waiting == 7
+    # 6 run no later than a priority-0 request: with 4 slots, 3 finish first (3/4 of a 1 s E2EL)
+    assert cap.prediction.predicted_queue_wait_ms == pytest.approx(750.0)
+    assert cap.prediction.predicted_ttft_ms > quiet.predicted_ttft_ms + 700
+    urgent = host.capacity(prompt_tokens=100, priority=-10).prediction  # nothing waits ahead of it
+    assert urgent.predicted_queue_wait_ms == 0
+    await asyncio.gather(*waiters)
+    cap = host.capacity()
+    assert cap.load.queue_by_priority == [] and host.slots["a"].waiters_by_priority == {}
+    await host.stop()
+
+
+async def test_a_cancelled_waiter_leaves_its_priority_class(tmp_path):
+    host, _, _ = make_host(tmp_path, {"a": {"start_s": 0.3}})
+    await host.start_engine()
+    w = asyncio.create_task(host.acquire("a", 3))
+    await asyncio.sleep(0.05)
+    assert [(q.priority, q.waiting) for q in host.capacity().load.queue_by_priority] == [(3, 1)]
+    w.cancel()
+    await asyncio.sleep(0.01)
+    assert host.capacity().load.queue_by_priority == [] and host.slots["a"].waiters == 0
+    await host.stop()
+
+
+async def test_a_request_keep_alive_governs_its_model_until_the_next_request(tmp_path):
+    host, log, _ = make_host(tmp_path, {"a": {"keep_alive": None}})  # the model's own: never
+    await host.start_engine()
+    rt = await host.acquire("a", keep_alive=0.0)  # Ollama: keep_alive 0 = release after this request
+    assert host.slots["a"].keep_alive_s == 0.0
+    request(rt)()  # begins and ends: the model is idle
+    for _ in range(40):
+        await asyncio.sleep(0.05)
+        if host.slots["a"].state == "unloaded":
+            break
+    assert host.slots["a"].state == "unloaded" and log == ["start a", "stop a"]
+    rt = await host.acquire("a")  # no keep_alive: the model's own (never) again
+    assert host.slots["a"].keep_alive_s is None
+    request(rt)()
+    await asyncio.sleep(0.3)
+    assert host.slots["a"].state == "loaded" and host.capacity().models[0].keep_alive_s is None
+    await host.stop()
+
+
+async def test_a_pinned_model_ignores_a_request_keep_alive_of_zero(tmp_path):
+    host, log, _ = make_host(tmp_path, {"a": {"pinned": True}})
+    await host.start_engine()
+    rt = await host.acquire("a", keep_alive=0.0)
+    request(rt)()
+    await asyncio.sleep(0.3)
+    assert host.slots["a"].state == "loaded" and log == ["start a"]
     await host.stop()

@@ -121,6 +121,22 @@ def test_a_model_that_does_not_fit_is_refused_and_the_others_serve(host_node):
     assert host_node.proc.poll() is None
 
 
+def test_metrics_label_every_model_and_count_each_ones_requests(host_node):
+    before = httpx.get(host_node.url + "/metrics", timeout=10).text
+    assert chat(host_node.url, DEMO).status_code == 200
+    text = httpx.get(host_node.url + "/metrics", timeout=10).text
+
+    def count(body: str, model: str) -> float:
+        line = next((x for x in body.splitlines()
+                     if x.startswith(f'vllm:e2e_request_latency_seconds_count{{model_name="{model}"}}')), None)
+        return float(line.rsplit(" ", 1)[1]) if line else 0.0
+
+    assert count(text, DEMO) == count(before, DEMO) + 1
+    for model in (DEMO, SECOND, "big"):  # every model's engine gauges, loaded or not
+        assert f'vllm:num_requests_running{{model_name="{model}"}}' in text
+    assert text.count("# TYPE edgefleet_node_state gauge") == 1
+
+
 async def test_unload_returns_the_engine_and_its_memory(tmp_path, second_dir):
     """In-process, the real native engine: after keep_alive 0 the engine object is gone (its
     weights and KV cache with it) and its stepping thread has ended."""
