@@ -11,6 +11,8 @@ adapters, so the lists are empty and ``max_lora`` is 0)."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import copy
 from dataclasses import dataclass
 
@@ -113,6 +115,8 @@ class NodeMetrics:
         for s in STATES:
             self.state.labels(s).set(1 if cap.state == s else 0)
         self.in_flight.set(in_flight)
+        with contextlib.suppress(RuntimeError):  # no running loop: rendered outside the server
+            self.tasks.set(len(asyncio.all_tasks()))  # a leak shows here first (benchmarks/soak.py)
         for a in cap.accelerators:
             key = (str(a.index), a.kind, a.name)
             if a.memory_used_bytes is not None:
