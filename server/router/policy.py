@@ -141,10 +141,15 @@ def _estimate(node: Node, prompt_tokens: int, mean_max_tokens: float, cached_tok
         per_token = 1000.0 / (perf.prefill_tokens_per_s or DEFAULT_PREFILL_TOKENS_PER_S)
         wait = load.waiting_prompt_tokens * per_token
         busy_seen = min(load.running + load.waiting, slots - 1)
+    gone = 0
     if now is not None and cache_aware:
         # The node has worked off its polled queue for as long as the poll is old (what was
-        # sent since is counted below).
+        # sent since is counted below), and the polled requests the router saw complete
+        # no longer hold their share of it.
         wait = max(0.0, wait - 1000.0 * max(0.0, now - node.capacity_at))
+        gone = min(node.finished_seen, load.running + load.waiting)
+        if gone and busy_seen:
+            wait *= max(0, busy_seen - gone) / busy_seen
     waiting = load.waiting
     shift = _priority_shift(load, priority)
     if shift is not None:  # only work that runs before ours counts (priority <= ours)
@@ -166,7 +171,7 @@ def _estimate(node: Node, prompt_tokens: int, mean_max_tokens: float, cached_tok
         wait += pending * per_token * node.dispatched_prefill_tokens / node.dispatched_since_poll
     else:
         wait += pending * per_token * prompt_tokens
-    busy = load.running + waiting + pending
+    busy = max(0, load.running + waiting - gone) + pending
     overflow = max(0, busy - slots + 1) - max(0, busy_seen - slots + 1)
     if overflow > 0:  # no free slot: wait for running sequences to finish their decode
         wait += overflow / slots * step_ms * mean_max_tokens

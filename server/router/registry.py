@@ -96,6 +96,14 @@ class Node:
         """Requests sent since the last poll that the poll could not have seen yet."""
         return max(0, self.dispatched_since_poll - self.completed_since_poll)
 
+    @property
+    def finished_seen(self) -> int:
+        """Requests the router sent before the last poll that have completed since: at
+        least this many of the running or waiting the poll counted are gone. An agent's
+        next step, sent the moment its last one ends, would otherwise see that step
+        still holding the node."""
+        return max(0, self.completed_since_poll - self.dispatched_since_poll)
+
     def serves(self, model: str) -> bool:
         return self.capacity is not None and any(m.id == model for m in self.capacity.models)
 

@@ -117,3 +117,23 @@ def test_own_dispatches_form_a_prefill_lane_that_drains():
     assert abs(p.rank([n], RequestInfo(100, 16, now=0.5))[0].wait_ms - 500.0) < 5.0
     # Its prefill is done at 1.0 s: still pending (decoding), but no longer ahead of ours.
     assert n.pending == 1 and p.rank([n], RequestInfo(100, 16, now=1.2))[0].wait_ms == 0.0
+
+
+def test_an_agents_last_step_that_completed_no_longer_holds_the_node():
+    # Polled while the chain's previous step ran: one slot, one running, a 2 s slot wait.
+    idx, holder, far = fleet_with_context(wait_ms=2_000.0, running=1, slots=1)
+    holder.on_dispatch()  # that step was sent before the poll ...
+    holder.on_poll(holder.capacity, 5.0, 0.0)
+    holder.on_done()  # ... and the router saw it end: nothing it counted is left
+    assert holder.finished_seen == 1 and holder.pending == 0
+    p = make_policy("nearest_idle", seed=1, index=idx)
+    first = p.rank([far, holder], RequestInfo(PROMPT, 64, CONTEXT, now=0.01))[0]
+    assert first.node is holder and first.wait_ms == 0.0
+    # Without the router's own completion the polled wait stands (and the idle node wins).
+    idx, holder, far = fleet_with_context(wait_ms=6_000.0, running=1, slots=1)
+    second = make_policy("nearest_idle", seed=1, index=idx).rank([far, holder], RequestInfo(PROMPT, 64, CONTEXT, now=0.01))
+    assert second[0].node is far and second[1].wait_ms > 5_000
+    # A request sent after the poll that completes is not one the poll counted.
+    holder.on_dispatch()
+    holder.on_done()
+    assert holder.finished_seen == 0
