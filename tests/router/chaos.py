@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 
 import httpx
 
+from tests.router.helpers import json_200, read_requests
+
 MSG = [{"role": "user", "content": "chaos"}]
 
 # How a request may end. "transport" (a reset or refused connection) is clear only while the
@@ -188,15 +190,9 @@ class Garbage:
         class Handler(socketserver.StreamRequestHandler):
             def handle(self) -> None:
                 try:
-                    while line := self.rfile.readline():
-                        length = 0
-                        while (h := self.rfile.readline()) not in (b"\r\n", b""):
-                            if h.lower().startswith(b"content-length:"):
-                                length = int(h.split(b":", 1)[1])
-                        self.rfile.read(length)
+                    for line, _ in read_requests(self.rfile):
                         if line.startswith(b"GET "):
-                            self.wfile.write(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
-                                             b"content-length: %d\r\n\r\n%s" % (len(doc), doc))
+                            self.wfile.write(json_200(doc))
                             continue
                         outer.posts += 1
                         outer.reply(self.wfile)  # type: ignore[operator]

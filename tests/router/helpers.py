@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from typing import BinaryIO
+
 from server.capacity.schema import Capacity, EngineLoad, Identity, ModelEntry, Performance, Prediction
 from server.router.breaker import CircuitBreaker
 from server.router.registry import Node, NodeSpec
@@ -30,3 +33,18 @@ def node(url: str, rtt_ms: float = 1.0, **cap_kw) -> Node:
     n = Node.from_spec(NodeSpec(url=url), CircuitBreaker())
     n.on_poll(capacity(**cap_kw), rtt_ms, 0.0)
     return n
+
+
+def read_requests(rfile: BinaryIO) -> Iterator[tuple[bytes, bytes]]:
+    """(request line, body) of each HTTP/1.1 request on a raw test server's connection."""
+    while line := rfile.readline():
+        length = 0
+        while (h := rfile.readline()) not in (b"\r\n", b""):
+            if h.lower().startswith(b"content-length:"):
+                length = int(h.split(b":", 1)[1])
+        yield line, rfile.read(length)
+
+
+def json_200(doc: bytes) -> bytes:
+    """A whole 200 response carrying the JSON ``doc``."""
+    return b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n%s" % (len(doc), doc)

@@ -119,22 +119,16 @@ class _RogueNode:
         import socketserver
         import threading
 
-        from tests.router.helpers import capacity
+        from tests.router.helpers import capacity, json_200, read_requests
 
         cap_doc = capacity(model="sim-model", name="rogue").model_dump_json().encode()
 
         class Handler(socketserver.StreamRequestHandler):
             def handle(self) -> None:
                 try:
-                    while line := self.rfile.readline():
-                        length = 0
-                        while (h := self.rfile.readline()) not in (b"\r\n", b""):
-                            if h.lower().startswith(b"content-length:"):
-                                length = int(h.split(b":")[1])
-                        body = self.rfile.read(length)
+                    for line, body in read_requests(self.rfile):
                         if line.startswith(b"GET /v1/capacity"):
-                            self.wfile.write(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
-                                             b"content-length: %d\r\n\r\n%s" % (len(cap_doc), cap_doc))
+                            self.wfile.write(json_200(cap_doc))
                         elif b'"stream":true' in body.replace(b" ", b""):
                             self.wfile.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
                                              b"transfer-encoding: chunked\r\n\r\n")
