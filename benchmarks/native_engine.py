@@ -57,6 +57,33 @@ def build_model(path: Path) -> Path:
     return build_llama_dir(path, spec, model_id="qwen2-0.5b-random")
 
 
+class CpuSteal:
+    """Share of CPU time the hypervisor took from this VM (``/proc/stat`` steal) between
+    ``start()`` and ``pct()``: on a shared host the same work can run several times slower
+    while it is high, so a benchmark records it next to its numbers. None where unreadable."""
+
+    def __init__(self) -> None:
+        self.start()
+
+    @staticmethod
+    def _read() -> list[int] | None:
+        try:
+            with open("/proc/stat") as f:
+                return [int(v) for v in f.readline().split()[1:9]]
+        except (OSError, ValueError):
+            return None
+
+    def start(self) -> None:
+        self._t0 = self._read()
+
+    def pct(self) -> float | None:
+        t1 = self._read()
+        if not self._t0 or not t1:
+            return None
+        d = [b - a for a, b in zip(self._t0, t1)]
+        return 100.0 * d[7] / sum(d) if sum(d) else None
+
+
 def bandwidth_gbps(size_mb: int = 1024, repeat: int = 5) -> float:
     """Best of a few large copies: (read + write bytes) / time."""
     import torch
