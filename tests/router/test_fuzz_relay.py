@@ -41,6 +41,16 @@ def test_regression_an_event_split_across_reads_counts_once_and_its_usage_is_fou
         assert fw.tally([stream[:cut], stream[cut:]])[::2] == (2, usage), cut
 
 
+def test_a_usage_key_with_whitespace_before_its_colon_is_found():
+    """JSON allows ``"usage" :``; a node serializing that way still has its counts read."""
+    usage = {"prompt_tokens": 4, "completion_tokens": 6}
+    stream = (b'data: {"choices":[{"delta":{"content":"usage"}}]}\n\n'
+              b'data: {"choices": [], "usage" :\t' + json.dumps(usage).encode() + b'}\n\n'
+              b'data: {"choices":[{"delta":{"content":"usage"}}]}\n\n')
+    for cut in range(1, len(stream)):
+        assert fw.tally([stream[:cut], stream[cut:]])[::2] == (3, usage), cut
+
+
 def test_regression_a_token_reading_usage_does_not_hide_the_usage_event():
     """Found by the fifth long run: the scan took the last line containing ``"usage"``, so a
     delta whose text was the word usage, after the usage event, hid the node's counts."""
