@@ -16,12 +16,13 @@ same GGUF file at batch 1 (``benchmarks/llamacpp_driver.py``, run by that interp
 high-level API serves one sequence at a time, so no batch 8), with the same prompts, in a
 subprocess between the other engines' rounds, as two rows: ``llama.cpp api``
 (``create_completion``) and ``llama.cpp eval`` (its forward pass one token at a time with a
-greedy argmax, no sampler: llama.cpp's own speed, the reference of the last ratio column). Each measurement records the host's CPU steal
-(``/proc/stat``) while it ran: on a shared VM, work measured under heavy steal runs slower
-for reasons that are not the engine's (2-5x here, unevenly across engines). A measurement
-taken under more than ``--max-steal`` % is repeated on fresh prompts, at most ``--retries``
-times, and the least-disturbed attempt counts; the table shows the highest steal per row. Writes
-benchmarks/results/gguf_speed.{json,md}.
+greedy argmax, no sampler: llama.cpp's own speed, the reference of the last ratio column).
+
+Each measurement records the host's CPU steal (``/proc/stat``) while it ran: on a shared VM,
+work measured under heavy steal runs slower for reasons that are not the engine's (2-5x
+here, unevenly across engines). A measurement taken under more than ``--max-steal`` % is
+repeated on fresh prompts, at most ``--retries`` times, and the least-disturbed attempt
+counts; the table shows the highest steal per row. Writes benchmarks/results/gguf_speed.{json,md}.
 """
 
 from __future__ import annotations
@@ -100,16 +101,19 @@ def main() -> None:
         e.run(fresh(1), 2)
     for r in range(args.rounds):
         for b in args.batch:
-            prompts = (fresh(b), fresh(b))
+            def pair(b=b):
+                return fresh(b), fresh(b)
+
+            prompts = pair()
             for e in engines if r % 2 == 0 else engines[::-1]:
                 def one(ps, e=e):
                     e.run(fresh(1), 2)
-                    return {"": measure(e, ps, args.output_len)}
-                for kind, m in quiet(one, prompts, lambda: (fresh(b), fresh(b))).items():
-                    samples.setdefault(f"{e.name}|{b}", []).append(m)
-                    print(f"round {r} {e.name:12s} batch {b}: {m}", flush=True)
+                    return {e.name: measure(e, ps, args.output_len)}
+                m = quiet(one, prompts, pair)[e.name]
+                samples.setdefault(f"{e.name}|{b}", []).append(m)
+                print(f"round {r} {e.name:12s} batch {b}: {m}", flush=True)
             if args.llama_cpp_python and b == 1:  # "api" and "eval" rows (benchmarks/llamacpp_driver.py)
-                both = quiet(lambda ps: llama_cpp(args, gguf, ps[1])[0], prompts, lambda: (fresh(b), fresh(b)))
+                both = quiet(lambda ps: llama_cpp(args, gguf, ps[1])[0], prompts, pair)
                 for kind, m in both.items():
                     samples.setdefault(f"llama.cpp {kind}|{b}", []).append(m)
                     print(f"round {r} llama.cpp {kind:4s} batch {b}: {m}", flush=True)

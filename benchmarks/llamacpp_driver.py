@@ -46,15 +46,17 @@ def main() -> None:
             raise RuntimeError(f"llama.cpp produced {out['usage']['completion_tokens']} tokens, wanted {n}")
         return wall
 
-    def run_eval(prompt, n):
-        import numpy as np
+    import numpy as np
 
+    banned = list(bias)
+
+    def run_eval(prompt, n):
         llm.reset()
         t = time.perf_counter()
         llm.eval(prompt)
         for i in range(n):
             logits = np.ctypeslib.as_array(llm._ctx.get_logits(), shape=(llm.n_vocab(),))
-            logits[list(bias)] = -np.inf
+            logits[banned] = -np.inf
             if i < n - 1:  # the n-th token needs no forward pass of its own
                 llm.eval([int(np.argmax(logits))])
         return time.perf_counter() - t

@@ -59,11 +59,11 @@ def build_model(path: Path) -> Path:
 
 class CpuSteal:
     """Share of CPU time the hypervisor took from this VM (``/proc/stat`` steal) between
-    ``start()`` and ``pct()``: on a shared host the same work can run several times slower
+    construction and ``pct()``: on a shared host the same work can run several times slower
     while it is high, so a benchmark records it next to its numbers. None where unreadable."""
 
     def __init__(self) -> None:
-        self.start()
+        self._t0 = self._read()
 
     @staticmethod
     def _read() -> list[int] | None:
@@ -72,9 +72,6 @@ class CpuSteal:
                 return [int(v) for v in f.readline().split()[1:9]]
         except (OSError, ValueError):
             return None
-
-    def start(self) -> None:
-        self._t0 = self._read()
 
     def pct(self) -> float | None:
         t1 = self._read()

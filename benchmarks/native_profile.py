@@ -62,13 +62,13 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     model = args.model or ensure_default_model()
-    s = NodeSettings(engine="native", dtype="bfloat16", max_model_len=1024, max_num_seqs=max(args.batch, 1),
+    s = NodeSettings(engine="native", dtype="bfloat16", max_model_len=1024, max_num_seqs=args.batch,
                      kv_cache_gb=0.5)
     core = build_engine(s, model, "profile").core
     rng = random.Random(0)
 
     def decode(n_steps: int, prof=None) -> float:
-        for i in range(args.batch):
+        for _ in range(args.batch):
             prompt = [rng.randrange(1000, 40000) for _ in range(args.input_len)]
             core.add_request(GenerateRequest(f"p{rng.random()}", prompt,
                                              SamplingOptions(max_tokens=n_steps + 1, temperature=0.0, ignore_eos=True)))
@@ -89,11 +89,11 @@ def main() -> None:
     prof = profile(activities=[ProfilerActivity.CPU])
     profiled = decode(args.steps, prof)
     per: dict[str, float] = defaultdict(float)
-    calls: dict[str, int] = defaultdict(int)
+    calls: dict[str, float] = defaultdict(float)
     for ev in prof.key_averages():
         g = group_of(ev.key)
         per[g] += ev.self_cpu_time_total / 1e3 / args.steps  # us -> ms per step
-        calls[g] += ev.count // args.steps
+        calls[g] += ev.count / args.steps
     per["outside ops"] = max(0.0, profiled * 1e3 - sum(per.values()))
     print(f"model {model.name}, batch {args.batch}, {args.threads} threads, context {args.input_len}+")
     print(f"decode step: {plain * 1e3:.1f} ms unprofiled (best of 3), {profiled * 1e3:.1f} ms profiled\n")
@@ -101,7 +101,7 @@ def main() -> None:
     print("|---|---|---|---|")
     for g in ("int4 GEMV", "int8 GEMV", "dense GEMM", "attention", "other ops", "outside ops"):
         if per.get(g):
-            n = str(calls[g]) if g in calls else "-"
+            n = f"{calls[g]:.0f}" if g in calls else "-"
             print(f"| {g} | {per[g]:.1f} | {100 * per[g] / (profiled * 1e3):.0f} % | {n} |")
 
 

@@ -19,7 +19,7 @@ _EVENT = b"data: {"
 _NL_EVENT = b"\n" + _EVENT
 # A "usage" key, not the word in generated text: inside a JSON string a quote is escaped, so
 # the text "usage" reads "usage" then '}' or ',', never ':' (a model writing usage is common).
-# JSON allows whitespace before the colon; _USAGE is the cheap test that a line may hold one.
+# JSON allows whitespace before the colon; _USAGE is the cheap test that a chunk may hold one.
 _USAGE = b'"usage"'
 _USAGE_KEY = re.compile(rb'"usage"\s*:')
 
@@ -77,7 +77,7 @@ class SseTally:
 
     def _usage_in(self, block: bytes) -> None:
         for line in reversed(block.split(b"\n")):
-            if line.startswith(_EVENT) and _USAGE in line and len(line) <= MAX_LINE and _USAGE_KEY.search(line):
+            if line.startswith(_EVENT) and len(line) <= MAX_LINE and _USAGE_KEY.search(line):
                 self.usage_line = line
                 return
 
@@ -98,7 +98,7 @@ class SseTally:
             line = b"".join(self._parts)
             if line.startswith(_EVENT):
                 self.events += 1
-                if _USAGE in line and _USAGE_KEY.search(line):
+                if _USAGE_KEY.search(line):
                     self.usage_line = line
         self._parts.clear()
         self._size = 0

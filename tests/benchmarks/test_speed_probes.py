@@ -23,7 +23,6 @@ import time
 class Llama:
     def __init__(self, model_path, **kw):
         assert kw["n_threads"] == kw["n_threads_batch"]
-        self.bias_seen = None
 
     def reset(self):
         pass
